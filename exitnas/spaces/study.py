@@ -1,0 +1,128 @@
+"""Study files: one YAML file names the data, the search space and the training budget."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exitnas.errors import ConfigError
+from exitnas.spaces._parse import from_dict, to_dict
+from exitnas.spaces.space import SearchSpace
+
+__all__ = ["DataConfig", "StudyConfig", "TrainingConfig", "load_study"]
+
+DATASETS = ("digits", "cifar10", "folder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how the validation split is carved."""
+
+    dataset: str = "digits"  # digits (built in) | cifar10 | folder (class-per-folder tree or tar)
+    path: str | None = None  # data location for cifar10/folder; `--data` on the CLI overrides it
+    image_size: int = 16  # images are resized once to this size (the largest branch resolution)
+    val_fraction: float = 0.1  # share of the training data held out for search and calibration
+    download: bool = False  # cifar10 without a path: let torchvision download it
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset: {self.dataset!r} is not allowed; allowed: {DATASETS}")
+        if self.image_size < 1:
+            raise ConfigError(f"image_size: {self.image_size} must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: {self.val_fraction} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the supernet is trained once (sandwich rule with in-place distillation)."""
+
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 64  # images per step
+    lr: float = 1e-3  # peak AdamW learning rate (timm optimizer factory)
+    min_lr: float = 1e-5  # end of the cosine schedule
+    warmup_epochs: float = 1.0  # linear warm-up, in epochs (stepped per update)
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1  # for the largest sub-network's hard-label loss
+    random_subnets: int = 2  # sandwich rule: largest + smallest + this many random sub-networks
+    distill_temperature: float = 1.0  # in-place distillation temperature
+    crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
+    hflip: bool = False  # random horizontal flips (off for digits, on for natural images)
+    checkpoint_every: int = 100  # steps between checkpoints (also written at every epoch end)
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    device: str = "cpu"  # torch device, e.g. cpu or cuda
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        for name in ("lr", "distill_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be positive")
+        if self.random_subnets < 0 or self.crop_padding < 0 or self.num_threads < 0:
+            raise ConfigError("random_subnets, crop_padding and num_threads must not be negative")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing: {self.label_smoothing} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: data, space and training budget, under one name and seed."""
+
+    name: str  # runs go to runs/<name>/ by default
+    space: SearchSpace
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seed: int = 0  # every random choice of the study derives from it
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"name: {self.name!r} must be letters, digits, '-', '_' or '.'")
+        if self.data.image_size < self.space.max_resolution:
+            raise ConfigError(
+                f"data.image_size: {self.data.image_size} is smaller than the largest branch "
+                f"resolution {self.space.max_resolution}; use at least that"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "study") -> StudyConfig:
+        return from_dict(cls, data, where)
+
+    def key(self) -> str:
+        """Stable hash of the whole study (checkpoints record it to refuse a mismatch)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def with_overrides(self, **training: Any) -> StudyConfig:
+        """A copy with some training fields replaced (``None`` values are ignored)."""
+        changes = {k: v for k, v in training.items() if v is not None}
+        return replace(self, training=replace(self.training, **changes)) if changes else self
+
+
+def load_study(path: str | os.PathLike) -> StudyConfig:
+    """Read and validate a study YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or any field is invalid; the
+            message names the file and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    try:
+        return StudyConfig.from_dict(data, where="study")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
