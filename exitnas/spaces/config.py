@@ -62,7 +62,7 @@ class BranchConfig:
         if not self.exits:
             raise ConfigError("exits: a branch needs at least one exit")
         layers = [e.layer for e in self.exits]
-        if any(b <= a for a, b in zip(layers, layers[1:])):
+        if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
             raise ConfigError(f"exits: layers must be strictly increasing, got {layers}")
         if not 0.0 < self.keep_rate <= 1.0:
             raise ConfigError(f"keep_rate: {self.keep_rate} must be in (0, 1]")
@@ -92,7 +92,9 @@ class SubnetConfig:
     def __post_init__(self) -> None:
         if not 1 <= len(self.branches) <= 3:
             raise ConfigError(f"branches: 1 to 3 branches allowed, got {len(self.branches)}")
-        for i, (prev, cur) in enumerate(zip(self.branches, self.branches[1:]), start=1):
+        for i, (prev, cur) in enumerate(
+            zip(self.branches, self.branches[1:], strict=False), start=1
+        ):
             if cur.resolution < prev.resolution or cur.grid <= prev.grid:
                 raise ConfigError(
                     f"branches[{i}]: resolutions must not decrease and token grids must grow "

@@ -104,7 +104,8 @@ class SearchSpace:
         for n in range(1, self.max_branches + 1):
             for chain in itertools.combinations(self.branch_options, n):
                 if all(
-                    b[0] >= a[0] and b[0] // b[1] > a[0] // a[1] for a, b in zip(chain, chain[1:])
+                    b[0] >= a[0] and b[0] // b[1] > a[0] // a[1]
+                    for a, b in zip(chain, chain[1:], strict=False)
                 ):
                     chains.append(chain)
         return tuple(chains)
@@ -194,4 +195,4 @@ def _check_choices(name, values, ok, allowed, empty=False) -> None:
 
 def _check_in(where: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not in the space; allowed values: {list(allowed)}")
+        raise ConfigError(f"{where}: {value!r} is not in the space; allowed: {list(allowed)}")

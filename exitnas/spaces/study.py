@@ -98,8 +98,18 @@ class StudyConfig:
         return from_dict(cls, data, where)
 
     def key(self) -> str:
-        """Stable hash of the whole study (checkpoints record it to refuse a mismatch)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable hash of everything that shapes the trained weights.
+
+        Checkpoints record it to refuse resuming a different study. Where the data lives and
+        which device or thread count runs the training are left out: moving the data or
+        resuming on another machine is allowed.
+        """
+        data = self.to_dict()
+        for name in ("path", "download"):
+            data["data"].pop(name)
+        for name in ("device", "num_threads"):
+            data["training"].pop(name)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def with_overrides(self, **training: Any) -> StudyConfig:

@@ -3,8 +3,11 @@
 from exitnas.supernet.cascade import CascadeState, Stage, plan_stages
 from exitnas.supernet.flops import count_flops, measure_flops
 from exitnas.supernet.heads import ExitHead, create_exit_head
+from exitnas.supernet.registry import create_supernet, list_supernets, register_supernet
+from exitnas.supernet.runs import load_supernet
 from exitnas.supernet.subnet import ExitViT
 from exitnas.supernet.supervit import SuperViT
+from exitnas.supernet.train import TrainingInterrupted, TrainSummary, build_supernet, train_supernet
 
 __all__ = [
     "CascadeState",
@@ -12,8 +15,16 @@ __all__ = [
     "ExitViT",
     "Stage",
     "SuperViT",
+    "TrainSummary",
+    "TrainingInterrupted",
+    "build_supernet",
     "count_flops",
     "create_exit_head",
+    "create_supernet",
+    "list_supernets",
+    "load_supernet",
     "measure_flops",
     "plan_stages",
+    "register_supernet",
+    "train_supernet",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,17 @@ from exitnas.spaces.config import SubnetConfig
 from exitnas.supernet.heads import ExitHead
 from exitnas.supernet.tokens import cells_attention, patch_grid, refine_tokens, run_block
 
-__all__ = ["BranchReuse", "CascadeState", "Stage", "plan_stages", "resize_images"]
+__all__ = [
+    "DEFAULT_NORM_LAYER",
+    "BranchReuse",
+    "CascadeState",
+    "Stage",
+    "plan_stages",
+    "resize_images",
+]
+
+# timm's ViT default: LayerNorm with eps 1e-6.
+DEFAULT_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,9 @@ class CascadeRunner(nn.Module):
             keep = layer + 1 in self.keep_layers and branch.keep_rate < 1.0
             want = stage.class_attention and layer + 1 == stage.end
             x, cls_attn, remap = run_block(
-                self.block(layer), x, keep_rate=branch.keep_rate if keep else None,
+                self.block(layer),
+                x,
+                keep_rate=branch.keep_rate if keep else None,
                 class_attention=want,
             )
             if want:

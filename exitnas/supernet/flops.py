@@ -63,7 +63,11 @@ def count_flops(space: SearchSpace, config: SubnetConfig) -> tuple[int, ...]:
             fused = tokens - kept
             after = kept + 1 if fused else tokens
             cost += block_flops(
-                dim, hidden, tokens + 1, mlp_tokens=after + 1, class_attention=keep or want,
+                dim,
+                hidden,
+                tokens + 1,
+                mlp_tokens=after + 1,
+                class_attention=keep or want,
                 fused=fused,
             )
             tokens = after
@@ -84,9 +88,14 @@ def _template_heads(space: SearchSpace) -> dict[str, ExitHead]:
     with torch.device("meta"):
         return {
             name: create_exit_head(
-                name, bb.embed_dim, space.num_classes, num_heads=bb.num_heads,
-                mlp_ratio=bb.mlp_ratio, pool=min(4, min(space.grids)),
-                norm_layer=torch.nn.LayerNorm, act_layer=torch.nn.GELU,
+                name,
+                bb.embed_dim,
+                space.num_classes,
+                num_heads=bb.num_heads,
+                mlp_ratio=bb.mlp_ratio,
+                pool=min(4, min(space.grids)),
+                norm_layer=torch.nn.LayerNorm,
+                act_layer=torch.nn.GELU,
             )
             for name in space.head_types
         }

@@ -113,7 +113,11 @@ class VitHead(ExitHead):
     def __init__(self, embed_dim, num_classes, norm_layer, act_layer, num_heads, mlp_ratio):
         super().__init__(embed_dim, num_classes, norm_layer)
         self.block = Block(
-            embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+            embed_dim,
+            num_heads,
+            mlp_ratio,
+            qkv_bias=True,
+            norm_layer=norm_layer,
             act_layer=act_layer,
         )
 

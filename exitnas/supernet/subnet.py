@@ -10,14 +10,18 @@ rebuilt from ``(space, config)`` plus its state dict alone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from exitnas.spaces import SearchSpace, SubnetConfig
-from exitnas.supernet.cascade import BranchReuse, CascadeRunner, resize_images
+from exitnas.supernet.cascade import (
+    DEFAULT_NORM_LAYER,
+    BranchReuse,
+    CascadeRunner,
+    resize_images,
+)
 from exitnas.supernet.heads import ExitHead, create_exit_head
 
 __all__ = ["BranchEmbed", "ExitViT"]
@@ -51,7 +55,7 @@ class ExitViT(CascadeRunner):
         space: SearchSpace,
         config: SubnetConfig,
         *,
-        norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: Callable[..., nn.Module] = DEFAULT_NORM_LAYER,
         act_layer: Callable[..., nn.Module] = nn.GELU,
     ):
         super().__init__()
@@ -66,15 +70,24 @@ class ExitViT(CascadeRunner):
         depth = max(branch.depth for branch in config.branches)
         self.blocks = nn.ModuleList(
             Block(
-                dim, bb.num_heads, bb.mlp_ratio, qkv_bias=bb.qkv_bias, norm_layer=norm_layer,
+                dim,
+                bb.num_heads,
+                bb.mlp_ratio,
+                qkv_bias=bb.qkv_bias,
+                norm_layer=norm_layer,
                 act_layer=act_layer,
             )
             for _ in range(depth)
         )
         self.heads = nn.ModuleList(
             create_exit_head(
-                exit_.head, dim, space.num_classes, num_heads=bb.num_heads,
-                mlp_ratio=bb.mlp_ratio, pool=min(4, min(space.grids)), norm_layer=norm_layer,
+                exit_.head,
+                dim,
+                space.num_classes,
+                num_heads=bb.num_heads,
+                mlp_ratio=bb.mlp_ratio,
+                pool=min(4, min(space.grids)),
+                norm_layer=norm_layer,
                 act_layer=act_layer,
             )
             for _, exit_ in config.exits
@@ -110,5 +123,3 @@ class ExitViT(CascadeRunner):
 
 def _exit_positions(config: SubnetConfig) -> list[tuple[int, int]]:
     return [(b, e) for b, branch in enumerate(config.branches) for e in range(len(branch.exits))]
-
-

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,8 +24,11 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from exitnas.spaces import SearchSpace, SubnetConfig
-from exitnas.supernet.cascade import BranchReuse, CascadeRunner, resize_images
+from exitnas.supernet.cascade import DEFAULT_NORM_LAYER, BranchReuse, CascadeRunner, resize_images
 from exitnas.supernet.heads import ExitHead, create_exit_head
+
+if TYPE_CHECKING:
+    from exitnas.supernet.subnet import ExitViT
 
 __all__ = ["SuperViT", "head_key"]
 
@@ -55,7 +59,7 @@ class SuperViT(CascadeRunner):
         self,
         space: SearchSpace,
         *,
-        norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: Callable[..., nn.Module] = DEFAULT_NORM_LAYER,
         act_layer: Callable[..., nn.Module] = nn.GELU,
     ):
         super().__init__()
@@ -72,15 +76,25 @@ class SuperViT(CascadeRunner):
         rates = np.linspace(0.0, bb.drop_path_rate, bb.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(
-                dim, bb.num_heads, bb.mlp_ratio, qkv_bias=bb.qkv_bias, drop_path=rate,
-                norm_layer=norm_layer, act_layer=act_layer,
+                dim,
+                bb.num_heads,
+                bb.mlp_ratio,
+                qkv_bias=bb.qkv_bias,
+                drop_path=rate,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
             )
             for rate in rates
         )
         make_head = partial(
-            create_exit_head, embed_dim=dim, num_classes=space.num_classes,
-            num_heads=bb.num_heads, mlp_ratio=bb.mlp_ratio, pool=min(4, min(space.grids)),
-            norm_layer=norm_layer, act_layer=act_layer,
+            create_exit_head,
+            embed_dim=dim,
+            num_classes=space.num_classes,
+            num_heads=bb.num_heads,
+            mlp_ratio=bb.mlp_ratio,
+            pool=min(4, min(space.grids)),
+            norm_layer=norm_layer,
+            act_layer=act_layer,
         )
         self.heads = nn.ModuleDict(
             {
@@ -179,7 +193,8 @@ class SuperViT(CascadeRunner):
     def embed(self, branch: int, images: torch.Tensor) -> torch.Tensor:
         cfg = self._active.branches[branch]
         x = resize_images(images, cfg.resolution)
-        x = F.conv2d(x, self.patch_weight(cfg.patch_size), self.patch_embed.bias, stride=cfg.patch_size)
+        weight = self.patch_weight(cfg.patch_size)
+        x = F.conv2d(x, weight, self.patch_embed.bias, stride=cfg.patch_size)  # (B, C, G, G)
         return x.flatten(2).transpose(1, 2) + self.grid_pos_embed(cfg.grid)  # (B, G*G, C)
 
     def block(self, index: int) -> Block:

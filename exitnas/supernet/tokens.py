@@ -154,7 +154,8 @@ def run_block(
 def cells_attention(cls_attn: torch.Tensor, cell_index: torch.Tensor) -> torch.Tensor:
     """Spread token attention ``(B, N)`` over grid cells ``(B, G)``: a token covering c cells
     gives each of them 1/c of its attention."""
-    counts = torch.zeros_like(cls_attn).scatter_add_(1, cell_index, torch.ones_like(cell_index, dtype=cls_attn.dtype))
+    ones = torch.ones_like(cell_index, dtype=cls_attn.dtype)
+    counts = torch.zeros_like(cls_attn).scatter_add_(1, cell_index, ones)
     return cls_attn.gather(1, cell_index) / counts.gather(1, cell_index)
 
 
@@ -205,6 +206,7 @@ def refine_tokens(
     coarse_pos = torch.zeros(b, nc, dtype=torch.long, device=device)
     coarse_pos.scatter_(1, plain, torch.arange(nc - m, device=device).expand(b, -1))
     fine_pos = torch.full((b, gf * gf), -1, dtype=torch.long, device=device)
-    fine_pos.scatter_(1, fine_idx, torch.arange(nc - m, nc - m + m * s * s, device=device).expand(b, -1))
+    fine_positions = torch.arange(nc - m, nc - m + m * s * s, device=device)
+    fine_pos.scatter_(1, fine_idx, fine_positions.expand(b, -1))
     cell_index = torch.where(fine_pos >= 0, fine_pos, coarse_pos[:, parent])
     return tokens, cell_index

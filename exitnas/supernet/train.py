@@ -1,0 +1,294 @@
+"""Training the supernet once: the sandwich rule with in-place distillation.
+
+Every step trains the largest sub-network on the labels, then the smallest and
+``random_subnets`` random ones on the largest one's soft predictions (once-for-all, SuperViT),
+accumulating gradients before one AdamW update (timm's optimiser factory and cosine schedule).
+All randomness of a step (its images, augmentation, sub-networks and stochastic depth) derives
+from ``(seed, step)``, so a run resumed from any checkpoint continues exactly as if it had
+never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from tqdm.auto import tqdm
+
+import exitnas
+from exitnas.data import DataSplits
+from exitnas.errors import CheckpointError, ConfigError
+from exitnas.spaces import StudyConfig
+from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
+from exitnas.supernet.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from exitnas.supernet.evaluate import exit_accuracies, predict_exits
+from exitnas.supernet.supervit import SuperViT
+
+__all__ = ["TrainSummary", "TrainingInterrupted", "build_supernet", "train_supernet"]
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "supernet.safetensors"
+DESCRIPTION = "supernet.json"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early (Ctrl-C, SIGTERM or ``stop_at_step``); a checkpoint was written."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"training interrupted after step {step}; checkpoint at {path}")
+        self.step, self.path = step, path
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a finished training run reports (also stored in ``supernet.json``)."""
+
+    steps: int  # optimiser updates in the whole schedule
+    epochs: int
+    seconds: float  # wall-clock seconds of training, summed over resumed runs
+    images_per_second: float  # training images per second (each through every sandwich net)
+    final_loss: float  # loss of the last step, summed over the sandwich
+    val_accuracy_largest: float  # largest sub-network's last exit on the validation split
+    val_accuracy_smallest: float  # smallest sub-network's exit on the validation split
+
+
+def build_supernet(study: StudyConfig) -> SuperViT:
+    """The study's supernet, initialised from the study seed (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(study.seed)
+        return SuperViT(study.space)
+
+
+def train_supernet(
+    study: StudyConfig,
+    data: DataSplits,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> TrainSummary:
+    """Train ``study``'s supernet into ``out_dir``, resuming from its checkpoint if present.
+
+    Writes ``supernet.safetensors`` (weights) and ``supernet.json`` (study, supernet and
+    training state) when done; ``checkpoint.safetensors`` while running.
+
+    Args:
+        study: the study (space, training budget, seed).
+        data: splits from :func:`exitnas.data.load_splits`; only train and val are used.
+        out_dir: the run folder, e.g. ``runs/quickstart``.
+        progress: show a tqdm progress bar (epoch, loss, images/s, ETA).
+        stop_at_step: stop (as if interrupted) once this many steps are done.
+
+    Raises:
+        CheckpointError: ``out_dir`` holds a run of a different study, or a corrupt checkpoint.
+        TrainingInterrupted: stopped by a signal or ``stop_at_step``; run again to resume.
+    """
+    out = Path(out_dir)
+    _check_data(study, data)
+    done = _finished_summary(out, study)
+    if done is not None:
+        return done
+    cfg = study.training
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(cfg.device)
+    model = build_supernet(study).to(device)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=total,
+        lr_min=cfg.min_lr,
+        t_in_epochs=False,
+        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=cfg.lr * 0.01,
+    )
+    start, seconds = 0, 0.0
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        meta = load_checkpoint(ckpt, model, optimizer)
+        if meta.get("study_key") != study.key():
+            raise CheckpointError(_other_study(ckpt, meta))
+        start, seconds = int(meta["step"]), float(meta["seconds"])
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(step: int, elapsed: float) -> None:
+        meta = {"step": step, "seconds": elapsed, "study_key": study.key()}
+        save_checkpoint(ckpt, model, optimizer, {**meta, "study": study.to_dict()})
+        _write_description(out, study, model, {"complete": False, "step": step, "steps": total})
+
+    hard = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else None
+    soft = SoftTargetCrossEntropy()
+    largest, smallest = study.space.largest(), study.space.smallest()
+    temperature = cfg.distill_temperature
+    model.train()
+    bar = tqdm(
+        total=total, initial=start, desc=f"train {study.name}", unit="step", disable=not progress
+    )
+    began, loss_value, order, order_epoch = time.perf_counter(), float("nan"), None, -1
+    with _stop_requests() as stop, bar:
+        for step in range(start, total):
+            epoch, position = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
+            idx = torch.from_numpy(
+                order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+            )
+            generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
+            images = augment(data.train.images[idx], generator, cfg.crop_padding, cfg.hflip)
+            images = normalize(images.to(device), data.mean, data.std)
+            labels = data.train.labels[idx].to(device)
+            rng = np.random.default_rng(step_seed(study.seed, step, 1))
+            configs = [largest, smallest] + [
+                study.space.sample(rng) for _ in range(cfg.random_subnets)
+            ]
+            scheduler.step_update(step)
+            devices = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(step_seed(study.seed, step, 2))  # stochastic depth
+                loss_value = 0.0
+                for i, config in enumerate(configs):
+                    model.set_active(config)
+                    outputs = model(images)
+                    if i == 0:
+                        losses = [
+                            hard(o, labels)
+                            if hard
+                            else torch.nn.functional.cross_entropy(o, labels)
+                            for o in outputs
+                        ]
+                        teacher = (outputs[-1].detach() / temperature).softmax(dim=-1)
+                    else:
+                        losses = [soft(o / temperature, teacher) * temperature**2 for o in outputs]
+                    loss = torch.stack(losses).mean()
+                    loss.backward()
+                    loss_value += loss.item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done_steps = step + 1
+            elapsed = seconds + time.perf_counter() - began
+            bar.update(1)
+            rate = (done_steps - start) * cfg.batch_size / max(time.perf_counter() - began, 1e-9)
+            bar.set_postfix(
+                epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}"
+            )
+            boundary = done_steps % cfg.checkpoint_every == 0 or done_steps % steps_per_epoch == 0
+            halt = stop.is_set() or (stop_at_step is not None and done_steps >= stop_at_step)
+            if (boundary or halt) and done_steps < total:
+                save(done_steps, elapsed)
+            if halt and done_steps < total:
+                raise TrainingInterrupted(done_steps, ckpt)
+    seconds += time.perf_counter() - began
+    model.eval()
+    accs = [
+        exit_accuracies(
+            predict_exits(model, data.val.images, data.mean, data.std, config=c), data.val.labels
+        )[-1]
+        for c in (largest, smallest)
+    ]
+    summary = TrainSummary(
+        steps=total,
+        epochs=cfg.epochs,
+        seconds=round(seconds, 2),
+        images_per_second=round((total - start) * cfg.batch_size / max(seconds, 1e-9), 1)
+        if start == 0
+        else round(total * cfg.batch_size / max(seconds, 1e-9), 1),
+        final_loss=round(loss_value, 4),
+        val_accuracy_largest=accs[0],
+        val_accuracy_smallest=accs[1],
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_weights(out / WEIGHTS, state, {"study_key": study.key(), "format": 1})
+    _write_description(out, study, model, {"complete": True, **asdict(summary)})
+    ckpt.unlink(missing_ok=True)
+    return summary
+
+
+def _check_data(study: StudyConfig, data: DataSplits) -> None:
+    space = study.space
+    if data.num_classes != space.num_classes or data.in_chans != space.in_chans:
+        raise ConfigError(
+            f"space.num_classes/in_chans: the study says {space.num_classes} classes and "
+            f"{space.in_chans} channels, the data has {data.num_classes} and {data.in_chans}"
+        )
+
+
+def _finished_summary(out: Path, study: StudyConfig) -> TrainSummary | None:
+    path = out / DESCRIPTION
+    if not path.is_file():
+        return None
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is unreadable ({err}); move it away to train again"
+        ) from None
+    if description.get("study_key") != study.key():
+        raise CheckpointError(_other_study(path, description))
+    training = description.get("training", {})
+    if not training.get("complete") or not (out / WEIGHTS).is_file():
+        return None
+    fields = TrainSummary.__dataclass_fields__
+    return TrainSummary(**{k: v for k, v in training.items() if k in fields})
+
+
+def _other_study(path: Path, meta: dict) -> str:
+    return (
+        f"{path} belongs to another study or training budget (study key "
+        f"{meta.get('study_key')}); train into another folder with --out, or remove "
+        f"{path.parent} to start over"
+    )
+
+
+def _write_description(out: Path, study: StudyConfig, model: SuperViT, training: dict) -> None:
+    description = {
+        "format": 1,
+        "exitnas_version": exitnas.__version__,
+        "study_key": study.key(),
+        "study": study.to_dict(),
+        "supernet": {
+            "class": "SuperViT",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "heads": len(model.heads),
+            "base_patch_size": model.base_patch,
+            "base_grid": model.base_grid,
+            "weights": WEIGHTS,
+        },
+        "training": training,
+    }
+    tmp = out / f".{DESCRIPTION}.tmp"
+    tmp.write_text(json.dumps(description, indent=2) + "\n")
+    tmp.replace(out / DESCRIPTION)
+
+
+@contextmanager
+def _stop_requests():
+    """Turn the first Ctrl-C / SIGTERM into a request to stop after the current step."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,63 @@
+"""Shared fixtures: the registered tiny supernet's space, a tiny study and tiny data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from exitnas.data import DataSplits, ImageSplit, load_splits
+from exitnas.spaces import DataConfig, SearchSpace, StudyConfig, TrainingConfig
+from exitnas.supernet.registry import exitnas_tiny
+
+
+@pytest.fixture
+def space() -> SearchSpace:
+    return exitnas_tiny()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def study(space: SearchSpace) -> StudyConfig:
+    training = TrainingConfig(
+        epochs=2,
+        batch_size=32,
+        lr=2e-3,
+        warmup_epochs=0.5,
+        random_subnets=1,
+        checkpoint_every=3,
+        crop_padding=1,
+    )
+    return StudyConfig(
+        name="tiny",
+        space=space,
+        data=DataConfig(image_size=16, val_fraction=0.1),
+        training=training,
+        seed=7,
+    )
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    return load_splits("digits", None, 16, 0.1, 0)
+
+
+@pytest.fixture
+def tiny_data(digits: DataSplits) -> DataSplits:
+    """128 training and 64 validation digits: a few steps per epoch."""
+
+    def head(split: ImageSplit, n: int) -> ImageSplit:
+        return ImageSplit(split.images[:n], split.labels[:n])
+
+    return replace(digits, train=head(digits.train, 128), val=head(digits.val, 64))

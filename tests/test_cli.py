@@ -1,0 +1,98 @@
+"""The command line: the quickstart with a tiny budget, bad input, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from exitnas.cli import main
+from exitnas.supernet.checkpoint import load_weights
+
+ROOT = Path(__file__).parents[1]
+QUICKSTART = ROOT / "studies" / "quickstart.yaml"
+
+
+def test_train_quickstart_with_a_tiny_budget(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(QUICKSTART), "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert "supernet trained" in capsys.readouterr().out
+    assert (out / "supernet.safetensors").is_file()
+    description = json.loads((out / "supernet.json").read_text())
+    assert description["study"]["name"] == "quickstart"
+    assert description["study"]["training"]["epochs"] == 1
+    assert description["training"]["complete"] is True
+    assert description["supernet"]["heads"] == 3 * 3 * 8  # branches x exit layers x head types
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "exitnas.cli", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_bad_study_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["space"]["patch_sizes"] = [3]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = run_cli("train", str(bad), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "space.resolutions: no patch size in [3] divides 8" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "missing.yaml"], "study file not found: missing.yaml"),
+        (["train", str(QUICKSTART), "--epochs", "0"], "epochs: 0 must be at least 1"),
+    ],
+)
+def test_user_errors_exit_2(args, message, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_missing_data_path_exits_2(tmp_path: Path, capsys) -> None:
+    study = tmp_path / "folder.yaml"
+    data = yaml.safe_load((ROOT / "studies" / "cifar10.yaml").read_text())
+    study.write_text(yaml.safe_dump(data))
+    assert main(["train", str(study), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(study, tmp_path: Path) -> None:
+    """A real SIGKILL mid-training; running the same command again finishes the schedule."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "exitnas.cli", "train", str(path), "--quiet", "--out"]
+    process = subprocess.Popen([*command, str(killed)], env=env)
+    checkpoint = killed / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    description = json.loads((killed / "supernet.json").read_text())
+    assert description["training"]["complete"] is False
+    assert subprocess.run([*command, str(killed)], env=env).returncode == 0
+    assert subprocess.run([*command, str(straight)], env=env).returncode == 0
+    a = load_weights(straight / "supernet.safetensors")[0]
+    b = load_weights(killed / "supernet.safetensors")[0]
+    for name in a:
+        torch.testing.assert_close(b[name], a[name])
