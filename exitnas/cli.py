@@ -1,7 +1,8 @@
 """The ``exitnas`` command line.
 
 Every error a user can cause prints one line (``exitnas: error: ...``) and exits with code 2,
-without a traceback; an interrupted training run exits with 130 after writing its checkpoint.
+without a traceback. The first Ctrl-C (or SIGTERM) stops training after the current step and
+writes a checkpoint, exit code 130; a second Ctrl-C stops at once (the last checkpoint stays).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ def _train(args: argparse.Namespace) -> int:
     from exitnas.data import load_splits
     from exitnas.spaces import load_study
     from exitnas.supernet import TrainingInterrupted, train_supernet
+    from exitnas.supernet.train import check_target
 
     study = load_study(args.study).with_overrides(epochs=args.epochs, device=args.device)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
     out = Path(args.out) if args.out else Path("runs") / study.name
+    check_target(study, out)
     data_cfg = study.data
     splits = load_splits(
         data_cfg.dataset,

@@ -48,7 +48,7 @@ def test_bad_study_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "space.resolutions: no patch size in [3] divides 8" in lines[0]
+    assert len(lines) == 1 and "space.patch_sizes: 3 divides none of the resolutions" in lines[0]
     assert not (tmp_path / "run").exists()
 
 
@@ -63,6 +63,14 @@ def test_user_errors_exit_2(args, message, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_out_that_is_a_file_exits_2_and_is_kept(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "taken"
+    out.write_text("precious")
+    assert main(["train", str(QUICKSTART), "--out", str(out)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert out.read_text() == "precious"
 
 
 def test_missing_data_path_exits_2(tmp_path: Path, capsys) -> None:

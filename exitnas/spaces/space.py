@@ -71,18 +71,36 @@ class SearchSpace:
         if list(self.resolutions) != sorted(set(self.resolutions)):
             raise ConfigError(f"resolutions: must be strictly increasing, got {self.resolutions}")
         _check_choices("patch_sizes", self.patch_sizes, lambda p: p >= 1, "positive integers")
+        if list(self.patch_sizes) != sorted(self.patch_sizes):
+            raise ConfigError(f"patch_sizes: must be increasing, got {self.patch_sizes}")
+        for patch in self.patch_sizes:
+            if not any(r % patch == 0 for r in self.resolutions):
+                fits = sorted({p for r in self.resolutions for p in range(1, r + 1) if r % p == 0})
+                raise ConfigError(
+                    f"patch_sizes: {patch} divides none of the resolutions "
+                    f"{list(self.resolutions)}; allowed: {fits}"
+                )
         for resolution in self.resolutions:
             if not any(resolution % p == 0 for p in self.patch_sizes):
                 raise ConfigError(
                     f"resolutions: no patch size in {list(self.patch_sizes)} divides {resolution}"
                 )
         _check_choices("exit_layers", self.exit_layers, lambda x: 1 <= x <= depth, f"1..{depth}")
+        if list(self.exit_layers) != sorted(self.exit_layers):
+            raise ConfigError(f"exit_layers: must be increasing, got {self.exit_layers}")
         if not 1 <= self.max_branches <= 3:
             raise ConfigError(f"max_branches: {self.max_branches} not allowed; allowed: 1, 2, 3")
         _check_choices("keep_rates", self.keep_rates, lambda k: 0.0 < k <= 1.0, "(0, 1]")
         _check_choices(
             "keep_layers", self.keep_layers, lambda x: 1 <= x <= depth, f"1..{depth}", empty=True
         )
+        if list(self.keep_layers) != sorted(self.keep_layers):
+            raise ConfigError(f"keep_layers: must be increasing, got {self.keep_layers}")
+        if not self.keep_layers and self.keep_rates != (1.0,):
+            raise ConfigError(
+                f"keep_rates: {self.keep_rates} need keep_layers (the blocks after which tokens "
+                "are kept); with no keep_layers the only allowed keep rate is [1.0]"
+            )
         _check_choices("head_types", self.head_types, lambda h: h in HEAD_TYPES, str(HEAD_TYPES))
         _check_choices(
             "refine_fractions", self.refine_fractions, lambda f: 0.0 < f <= 1.0, "(0, 1]", True
@@ -144,7 +162,7 @@ class SearchSpace:
     def sample(self, rng: np.random.Generator) -> SubnetConfig:
         """Draw a config: uniform branch chain, then uniform choices for everything else."""
         chain = self.branch_chains[rng.integers(len(self.branch_chains))]
-        branches = []
+        branches: list[BranchConfig] = []
         for i, (resolution, patch_size) in enumerate(chain):
             refine = None
             refinable = i > 0 and (resolution // patch_size) % branches[-1].grid == 0
@@ -155,10 +173,15 @@ class SearchSpace:
             exits = tuple(ExitConfig(int(x), str(rng.choice(self.head_types))) for x in layers)
             keep = float(rng.choice(self.keep_rates))
             branches.append(BranchConfig(resolution, patch_size, exits, keep, refine))
-        return SubnetConfig(tuple(branches), reuse=bool(rng.choice(self.reuse)))
+        # a single branch reuses nothing: do not draw (two names for one network)
+        reuse = bool(rng.choice(self.reuse)) if len(branches) > 1 else self.reuse[0]
+        return SubnetConfig(tuple(branches), reuse=reuse)
 
     def largest(self, head: str | None = None) -> SubnetConfig:
-        """The most expensive config: the longest chain of the largest grids, every exit layer.
+        """The sandwich rule's largest config (the distillation teacher).
+
+        The longest chain of the largest grids, an exit at every exit layer, no token dropping
+        and full (not coarse-to-fine) branches; heads of one type.
 
         Args:
             head: head type of every exit; the space's first head type by default.

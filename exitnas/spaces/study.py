@@ -9,15 +9,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from exitnas.data.load import DATASETS
 from exitnas.errors import ConfigError
 from exitnas.spaces._parse import from_dict, to_dict
 from exitnas.spaces.space import SearchSpace
 
 __all__ = ["DataConfig", "StudyConfig", "TrainingConfig", "load_study"]
-
-DATASETS = ("digits", "cifar10", "folder")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,9 @@ class TrainingConfig:
     warmup_epochs: float = 1.0  # linear warm-up, in epochs (stepped per update)
     weight_decay: float = 0.05
     label_smoothing: float = 0.1  # for the largest sub-network's hard-label loss
-    random_subnets: int = 2  # sandwich rule: largest + smallest + this many random sub-networks
+    # sandwich rule: largest + smallest + this many random sub-networks (at least 1: the random
+    # ones are what train every head type, coarse-to-fine branches and unreused branches)
+    random_subnets: int = 2
     distill_temperature: float = 1.0  # in-place distillation temperature
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (off for digits, on for natural images)
@@ -59,14 +61,25 @@ class TrainingConfig:
     device: str = "cpu"  # torch device, e.g. cpu or cuda
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "checkpoint_every", "random_subnets"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        for name in ("min_lr", "warmup_epochs", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must not be negative")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr: {self.min_lr} must not exceed lr {self.lr}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"device: {self.device!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps"
+            ) from None
         for name in ("lr", "distill_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be positive")
-        if self.random_subnets < 0 or self.crop_padding < 0 or self.num_threads < 0:
-            raise ConfigError("random_subnets, crop_padding and num_threads must not be negative")
+        if self.crop_padding < 0 or self.num_threads < 0:
+            raise ConfigError("crop_padding and num_threads must not be negative")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing: {self.label_smoothing} must be in [0, 1)")
 
@@ -82,8 +95,17 @@ class StudyConfig:
     seed: int = 0  # every random choice of the study derives from it
 
     def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ConfigError(f"name: {self.name!r} must be letters, digits, '-', '_' or '.'")
+        if (
+            not self.name
+            or self.name.startswith(".")
+            or not all(c.isalnum() or c in "-_." for c in self.name)
+        ):
+            raise ConfigError(
+                f"name: {self.name!r} must be letters, digits, '-', '_' or '.', "
+                "not starting with '.'"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed: {self.seed} must not be negative")
         if self.data.image_size < self.space.max_resolution:
             raise ConfigError(
                 f"data.image_size: {self.data.image_size} is smaller than the largest branch "
@@ -100,14 +122,14 @@ class StudyConfig:
     def key(self) -> str:
         """Stable hash of everything that shapes the trained weights.
 
-        Checkpoints record it to refuse resuming a different study. Where the data lives and
-        which device or thread count runs the training are left out: moving the data or
-        resuming on another machine is allowed.
+        Checkpoints record it to refuse resuming a different study. Where the data lives,
+        which device or thread count runs the training and how often it checkpoints are left
+        out: moving the data or resuming on another machine is allowed.
         """
         data = self.to_dict()
         for name in ("path", "download"):
             data["data"].pop(name)
-        for name in ("device", "num_threads"):
+        for name in ("device", "num_threads", "checkpoint_every"):
             data["training"].pop(name)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -115,7 +137,12 @@ class StudyConfig:
     def with_overrides(self, **training: Any) -> StudyConfig:
         """A copy with some training fields replaced (``None`` values are ignored)."""
         changes = {k: v for k, v in training.items() if v is not None}
-        return replace(self, training=replace(self.training, **changes)) if changes else self
+        if not changes:
+            return self
+        try:
+            return replace(self, training=replace(self.training, **changes))
+        except ConfigError as err:
+            raise ConfigError(f"training.{err}") from None
 
 
 def load_study(path: str | os.PathLike) -> StudyConfig:
@@ -129,7 +156,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read as a UTF-8 text file ({err})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
     try:

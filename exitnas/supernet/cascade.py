@@ -12,6 +12,7 @@ drop the samples that exited (:meth:`CascadeState.select`) before running the ne
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -77,7 +78,8 @@ class CascadeState:
     def select(self, index: torch.Tensor) -> CascadeState:
         """The state of a subset of samples (a boolean mask or indices)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return CascadeState(**{k: None if v is None else v[index] for k, v in values.items()})
+        picked = {k: None if v is None else v[index] for k, v in values.items()}
+        return CascadeState(**picked)  # type: ignore[arg-type]
 
 
 def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -115,7 +117,9 @@ class BranchReuse(nn.Module):
         return self.pred_proj(prev_logits)  # (B, K)
 
     def features(self, prev_tokens: torch.Tensor, prev_cells: torch.Tensor) -> torch.Tensor:
-        grid = int(prev_cells.shape[1] ** 0.5)
+        if self.feat_norm is None or self.feat_proj is None:
+            raise RuntimeError("this BranchReuse was built without feature reuse")
+        grid = math.isqrt(prev_cells.shape[1])
         cells = patch_grid(prev_tokens, prev_cells, grid).flatten(2).transpose(1, 2)  # (B, G*G, C)
         return self.feat_proj(self.feat_norm(cells))
 
@@ -167,6 +171,7 @@ class CascadeRunner(nn.Module):
             if upto is not None and i > upto:
                 return
             state = self.run_stage(stage, state)
+            assert state.logits is not None
             yield state.logits, state
 
     def run_stage(self, stage: Stage, state: CascadeState) -> CascadeState:
@@ -176,6 +181,7 @@ class CascadeRunner(nn.Module):
         if stage.start == 0:
             state = self._open_branch(stage.branch, state)
         x, cell_index, cell_attn = state.tokens, state.cell_index, None
+        assert x is not None and cell_index is not None, "a branch is open"
         for layer in range(stage.start, stage.end):
             keep = layer + 1 in self.keep_layers and branch.keep_rate < 1.0
             want = stage.class_attention and layer + 1 == stage.end
@@ -186,6 +192,7 @@ class CascadeRunner(nn.Module):
                 class_attention=want,
             )
             if want:
+                assert cls_attn is not None
                 cell_attn = cells_attention(cls_attn, cell_index)
             if remap is not None:
                 cell_index = remap.gather(1, cell_index)
@@ -195,14 +202,20 @@ class CascadeRunner(nn.Module):
         return replace(state, tokens=x, cell_index=cell_index, cell_attn=cell_attn, logits=logits)
 
     def _open_branch(self, b: int, state: CascadeState) -> CascadeState:
+        """Embed branch ``b``'s tokens; ``state`` holds branch ``b - 1``'s outputs if b > 0."""
         config = self.run_config()
         branch = config.branches[b]
         images = state.images
         patches = self.embed(b, images)  # (B, G*G, C)
         bsz = images.shape[0]
+        prev_tokens, prev_cells, prev_logits = state.tokens, state.cell_index, state.logits
         reuse = self.reuse(b) if config.reuse and b > 0 else None
         if branch.refine_fraction is not None:
-            feats = reuse.features(state.tokens, state.cell_index) if reuse is not None else None
+            assert state.cell_attn is not None, "the previous branch computed cell attention"
+            feats = None
+            if reuse is not None:
+                assert prev_tokens is not None and prev_cells is not None
+                feats = reuse.features(prev_tokens, prev_cells)
             patches, cell_index = refine_tokens(
                 self.embed(b - 1, images), patches, state.cell_attn, branch.refine_fraction, feats
             )
@@ -212,7 +225,8 @@ class CascadeRunner(nn.Module):
         cls = self.cls_token.expand(bsz, -1, -1)
         prior = None
         if reuse is not None:
-            cls = cls + reuse.cls(state.tokens[:, :1])
-            prior = reuse.prediction(state.logits)
+            assert prev_tokens is not None and prev_logits is not None
+            cls = cls + reuse.cls(prev_tokens[:, :1])
+            prior = reuse.prediction(prev_logits)
         tokens = torch.cat([cls, patches], dim=1)
         return replace(state, tokens=tokens, cell_index=cell_index, cell_attn=None, prior=prior)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from safetensors.torch import load_file, save_file
 from exitnas.errors import CheckpointError
 
 __all__ = [
+    "atomic_write",
     "load_checkpoint",
     "load_weights",
     "optimizer_from_tensors",
     "optimizer_to_tensors",
+    "remove_stale_temporaries",
+    "restore_checkpoint",
     "save_checkpoint",
     "save_weights",
 ]
@@ -32,18 +36,18 @@ __all__ = [
 _META_KEY = "exitnas"
 
 
-def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write ``tensors`` and the JSON-able ``meta`` to ``path`` atomically."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it, rename it over ``path``.
+
+    Readers see the old file or the new one, never a torn one, even after ``kill -9``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -55,6 +59,18 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete temporary files a killed :func:`atomic_write` left in ``folder``."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write ``tensors`` and the JSON-able ``meta`` to ``path`` atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}))
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -118,6 +134,18 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore ``model`` and ``optimizer`` from ``path`` and return its metadata."""
     tensors, meta = load_weights(path)
+    restore_checkpoint(path, tensors, meta, model, optimizer)
+    return meta
+
+
+def restore_checkpoint(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load what :func:`load_weights` read from checkpoint ``path`` into the model/optimiser."""
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_state = {k: v for k, v in tensors.items() if k.startswith("optim.")}
     try:
@@ -126,4 +154,3 @@ def load_checkpoint(
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not match this supernet: {first}") from None
-    return meta

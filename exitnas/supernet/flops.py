@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 from exitnas.spaces import SearchSpace, SubnetConfig
 from exitnas.supernet.cascade import plan_stages
-from exitnas.supernet.heads import ExitHead, create_exit_head
+from exitnas.supernet.heads import ExitHead, create_space_head
 from exitnas.supernet.tokens import block_flops, informative_count, kept_count
 
 __all__ = ["count_flops", "ensure_sdpa_flop_formula", "measure_flops"]
@@ -84,19 +84,9 @@ def _embed_flops(space: SearchSpace, resolution: int, patch_size: int) -> int:
 @lru_cache(maxsize=32)
 def _template_heads(space: SearchSpace) -> dict[str, ExitHead]:
     """One head of each type on the meta device: their shapes give their FLOPs."""
-    bb = space.backbone
     with torch.device("meta"):
         return {
-            name: create_exit_head(
-                name,
-                bb.embed_dim,
-                space.num_classes,
-                num_heads=bb.num_heads,
-                mlp_ratio=bb.mlp_ratio,
-                pool=min(4, min(space.grids)),
-                norm_layer=torch.nn.LayerNorm,
-                act_layer=torch.nn.GELU,
-            )
+            name: create_space_head(name, space, torch.nn.LayerNorm, torch.nn.GELU)
             for name in space.head_types
         }
 

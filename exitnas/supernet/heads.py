@@ -21,9 +21,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from exitnas.spaces.config import HEAD_TYPES
+from exitnas.spaces.space import SearchSpace
 from exitnas.supernet.tokens import block_flops, patch_grid
 
-__all__ = ["ExitHead", "create_exit_head"]
+__all__ = ["ExitHead", "create_exit_head", "create_space_head"]
 
 
 class ExitHead(nn.Module):
@@ -140,8 +141,11 @@ class TokenMixHead(ExitHead):
         super().__init__(embed_dim, num_classes, norm_layer)
         self.pool = pool
         seq_len = pool * pool
+        self.block: nn.Module
         if kind == "mixer":
-            self.block = MixerBlock(embed_dim, seq_len, mlp_ratio=(0.5, 2.0), act_layer=act_layer)
+            self.block = MixerBlock(
+                embed_dim, seq_len, mlp_ratio=(0.5, 2.0), norm_layer=norm_layer, act_layer=act_layer
+            )
         else:
             self.block = ResBlock(embed_dim, seq_len, mlp_ratio=2, act_layer=act_layer)
 
@@ -203,3 +207,23 @@ def create_exit_head(
     if name in ("resmlp", "mixer"):
         return TokenMixHead(embed_dim, num_classes, norm_layer, act_layer, kind=name, pool=pool)
     raise ValueError(f"unknown exit head {name!r}; allowed: {HEAD_TYPES}")
+
+
+def create_space_head(
+    name: str,
+    space: SearchSpace,
+    norm_layer: Callable[..., nn.Module],
+    act_layer: Callable[..., nn.Module],
+) -> ExitHead:
+    """Build exit head ``name`` sized for ``space``: its width, classes and smallest grid."""
+    bb = space.backbone
+    return create_exit_head(
+        name,
+        bb.embed_dim,
+        space.num_classes,
+        num_heads=bb.num_heads,
+        mlp_ratio=bb.mlp_ratio,
+        pool=min(4, min(space.grids)),
+        norm_layer=norm_layer,
+        act_layer=act_layer,
+    )

@@ -10,6 +10,7 @@ rebuilt from ``(space, config)`` plus its state dict alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from timm.models.vision_transformer import Block
@@ -22,7 +23,7 @@ from exitnas.supernet.cascade import (
     CascadeRunner,
     resize_images,
 )
-from exitnas.supernet.heads import ExitHead, create_exit_head
+from exitnas.supernet.heads import ExitHead, create_space_head
 
 __all__ = ["BranchEmbed", "ExitViT"]
 
@@ -44,6 +45,9 @@ class BranchEmbed(nn.Module):
 
 class ExitViT(CascadeRunner):
     """A multi-exit ViT for one fixed :class:`~exitnas.spaces.SubnetConfig`.
+
+    Built for inference: its blocks carry no stochastic depth, so it equals the supernet under
+    the same config in eval mode.
 
     ``forward(images)`` returns the logits of every exit in cascade order; ``iter_stages`` and
     ``run_stage`` run it stage by stage (the early-exit runtime drops exited samples between
@@ -74,25 +78,16 @@ class ExitViT(CascadeRunner):
                 bb.num_heads,
                 bb.mlp_ratio,
                 qkv_bias=bb.qkv_bias,
-                norm_layer=norm_layer,
-                act_layer=act_layer,
+                norm_layer=norm_layer,  # type: ignore[arg-type]
+                act_layer=act_layer,  # type: ignore[arg-type]
             )
             for _ in range(depth)
         )
         self.heads = nn.ModuleList(
-            create_exit_head(
-                exit_.head,
-                dim,
-                space.num_classes,
-                num_heads=bb.num_heads,
-                mlp_ratio=bb.mlp_ratio,
-                pool=min(4, min(space.grids)),
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-            )
-            for _, exit_ in config.exits
+            create_space_head(exit_.head, space, norm_layer, act_layer) for _, exit_ in config.exits
         )
-        self._head_index = {(b, e): i for i, (b, e) in enumerate(_exit_positions(config))}
+        positions = [(b, e) for b, br in enumerate(config.branches) for e in range(len(br.exits))]
+        self._head_index = {position: i for i, position in enumerate(positions)}
         reuses = [
             BranchReuse(dim, space.num_classes, norm_layer, features=br.refine_fraction is not None)
             for br in config.branches[1:]
@@ -106,20 +101,16 @@ class ExitViT(CascadeRunner):
         return self.embeds[branch](images)
 
     def block(self, index: int) -> Block:
-        return self.blocks[index]
+        return cast(Block, self.blocks[index])
 
     def head(self, branch: int, exit_: int) -> ExitHead:
-        return self.heads[self._head_index[(branch, exit_)]]
+        return cast(ExitHead, self.heads[self._head_index[(branch, exit_)]])
 
     def reuse(self, branch: int) -> BranchReuse:
-        return self.reuses[branch - 1]
+        return cast(BranchReuse, self.reuses[branch - 1])
 
     def count_flops(self) -> tuple[int, ...]:
         """Analytic FLOPs per image of each stage (see :func:`exitnas.supernet.count_flops`)."""
         from exitnas.supernet.flops import count_flops
 
         return count_flops(self.space, self.config)
-
-
-def _exit_positions(config: SubnetConfig) -> list[tuple[int, int]]:
-    return [(b, e) for b, branch in enumerate(config.branches) for e in range(len(branch.exits))]

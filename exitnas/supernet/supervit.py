@@ -12,8 +12,7 @@ The supernet speaks four verbs (once-for-all style, without global switches):
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from torch import nn
 
 from exitnas.spaces import SearchSpace, SubnetConfig
 from exitnas.supernet.cascade import DEFAULT_NORM_LAYER, BranchReuse, CascadeRunner, resize_images
-from exitnas.supernet.heads import ExitHead, create_exit_head
+from exitnas.supernet.heads import ExitHead, create_space_head
 
 if TYPE_CHECKING:
     from exitnas.supernet.subnet import ExitViT
@@ -81,24 +80,14 @@ class SuperViT(CascadeRunner):
                 bb.mlp_ratio,
                 qkv_bias=bb.qkv_bias,
                 drop_path=rate,
-                norm_layer=norm_layer,
-                act_layer=act_layer,
+                norm_layer=norm_layer,  # type: ignore[arg-type]
+                act_layer=act_layer,  # type: ignore[arg-type]
             )
             for rate in rates
         )
-        make_head = partial(
-            create_exit_head,
-            embed_dim=dim,
-            num_classes=space.num_classes,
-            num_heads=bb.num_heads,
-            mlp_ratio=bb.mlp_ratio,
-            pool=min(4, min(space.grids)),
-            norm_layer=norm_layer,
-            act_layer=act_layer,
-        )
         self.heads = nn.ModuleDict(
             {
-                head_key(b, layer, name): make_head(name)
+                head_key(b, layer, name): create_space_head(name, space, norm_layer, act_layer)
                 for b in range(space.max_branches)
                 for layer in space.exit_layers
                 for name in space.head_types
@@ -158,7 +147,7 @@ class SuperViT(CascadeRunner):
         with torch.no_grad():
             for b, branch in enumerate(config.branches):
                 state[f"embeds.{b}.proj.weight"] = self.patch_weight(branch.patch_size)
-                state[f"embeds.{b}.proj.bias"] = self.patch_embed.bias
+                state[f"embeds.{b}.proj.bias"] = cast(torch.Tensor, self.patch_embed.bias)
                 state[f"embeds.{b}.pos_embed"] = self.grid_pos_embed(branch.grid)
             for i in range(max(branch.depth for branch in config.branches)):
                 for name, value in self.blocks[i].state_dict().items():
@@ -198,14 +187,14 @@ class SuperViT(CascadeRunner):
         return x.flatten(2).transpose(1, 2) + self.grid_pos_embed(cfg.grid)  # (B, G*G, C)
 
     def block(self, index: int) -> Block:
-        return self.blocks[index]
+        return cast(Block, self.blocks[index])
 
     def head(self, branch: int, exit_: int) -> ExitHead:
         cfg = self._active.branches[branch].exits[exit_]
-        return self.heads[head_key(branch, cfg.layer, cfg.head)]
+        return cast(ExitHead, self.heads[head_key(branch, cfg.layer, cfg.head)])
 
     def reuse(self, branch: int) -> BranchReuse:
-        return self.reuses[branch - 1]
+        return cast(BranchReuse, self.reuses[branch - 1])
 
     def count_flops(self, config: SubnetConfig | None = None) -> tuple[int, ...]:
         """Analytic FLOPs per image of each stage of ``config`` (the active one by default)."""

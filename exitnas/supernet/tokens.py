@@ -12,12 +12,14 @@ multiply-accumulates of matmuls, convolutions and attention.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 
 __all__ = [
+    "attention_with_cls",
     "block_flops",
     "cells_attention",
     "keep_tokens",
@@ -36,7 +38,7 @@ def kept_count(keep_rate: float, num_patches: int) -> int:
 
 def informative_count(fraction: float, num_cells: int) -> int:
     """Coarse cells re-split at the finer grid by coarse-to-fine refinement."""
-    return min(num_cells, max(1, round(fraction * num_cells)))
+    return min(num_cells, max(1, math.ceil(fraction * num_cells - 1e-9)))
 
 
 def block_flops(
@@ -142,7 +144,7 @@ def run_block(
     """
     if keep_rate is None and not class_attention:
         return block(x), None, None
-    out, cls_attn = attention_with_cls(block.attn, block.norm1(x))
+    out, cls_attn = attention_with_cls(cast(Attention, block.attn), block.norm1(x))
     x = x + block.drop_path1(block.ls1(out))
     remap = None
     if keep_rate is not None:

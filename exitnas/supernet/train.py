@@ -29,13 +29,26 @@ from tqdm.auto import tqdm
 import exitnas
 from exitnas.data import DataSplits
 from exitnas.errors import CheckpointError, ConfigError
-from exitnas.spaces import StudyConfig
+from exitnas.spaces import StudyConfig, SubnetConfig
 from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
-from exitnas.supernet.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from exitnas.supernet.checkpoint import (
+    atomic_write,
+    load_weights,
+    remove_stale_temporaries,
+    restore_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from exitnas.supernet.evaluate import exit_accuracies, predict_exits
 from exitnas.supernet.supervit import SuperViT
 
-__all__ = ["TrainSummary", "TrainingInterrupted", "build_supernet", "train_supernet"]
+__all__ = [
+    "TrainSummary",
+    "TrainingInterrupted",
+    "build_supernet",
+    "check_target",
+    "train_supernet",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "supernet.safetensors"
@@ -95,6 +108,7 @@ def train_supernet(
         TrainingInterrupted: stopped by a signal or ``stop_at_step``; run again to resume.
     """
     out = Path(out_dir)
+    check_target(study, out)
     _check_data(study, data)
     done = _finished_summary(out, study)
     if done is not None:
@@ -118,63 +132,45 @@ def train_supernet(
     start, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
     if ckpt.exists():
-        meta = load_checkpoint(ckpt, model, optimizer)
+        tensors, meta = load_weights(ckpt)
         if meta.get("study_key") != study.key():
             raise CheckpointError(_other_study(ckpt, meta))
+        restore_checkpoint(ckpt, tensors, meta, model, optimizer)
         start, seconds = int(meta["step"]), float(meta["seconds"])
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
 
     def save(step: int, elapsed: float) -> None:
+        _write_description(out, study, model, {"complete": False, "step": step, "steps": total})
         meta = {"step": step, "seconds": elapsed, "study_key": study.key()}
         save_checkpoint(ckpt, model, optimizer, {**meta, "study": study.to_dict()})
-        _write_description(out, study, model, {"complete": False, "step": step, "steps": total})
 
-    hard = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else None
-    soft = SoftTargetCrossEntropy()
+    hard = LabelSmoothingCrossEntropy(cfg.label_smoothing)
     largest, smallest = study.space.largest(), study.space.smallest()
-    temperature = cfg.distill_temperature
     model.train()
     bar = tqdm(
         total=total, initial=start, desc=f"train {study.name}", unit="step", disable=not progress
     )
-    began, loss_value, order, order_epoch = time.perf_counter(), float("nan"), None, -1
+    began, loss_value = time.perf_counter(), float("nan")
+    order_epoch = start // steps_per_epoch
+    order = epoch_order(study.seed, order_epoch, len(data.train))
     with _stop_requests() as stop, bar:
         for step in range(start, total):
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
-            idx = torch.from_numpy(
-                order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
-            )
-            generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
-            images = augment(data.train.images[idx], generator, cfg.crop_padding, cfg.hflip)
-            images = normalize(images.to(device), data.mean, data.std)
-            labels = data.train.labels[idx].to(device)
+            rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+            images, labels = _batch(study, data, torch.from_numpy(rows), step, device)
             rng = np.random.default_rng(step_seed(study.seed, step, 1))
-            configs = [largest, smallest] + [
-                study.space.sample(rng) for _ in range(cfg.random_subnets)
-            ]
+            configs = [largest, smallest]
+            configs += [study.space.sample(rng) for _ in range(cfg.random_subnets)]
             scheduler.step_update(step)
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(step_seed(study.seed, step, 2))  # stochastic depth
-                loss_value = 0.0
-                for i, config in enumerate(configs):
-                    model.set_active(config)
-                    outputs = model(images)
-                    if i == 0:
-                        losses = [
-                            hard(o, labels)
-                            if hard
-                            else torch.nn.functional.cross_entropy(o, labels)
-                            for o in outputs
-                        ]
-                        teacher = (outputs[-1].detach() / temperature).softmax(dim=-1)
-                    else:
-                        losses = [soft(o / temperature, teacher) * temperature**2 for o in outputs]
-                    loss = torch.stack(losses).mean()
-                    loss.backward()
-                    loss_value += loss.item()
+                loss_value = _sandwich_backward(
+                    model, images, labels, configs, hard, cfg.distill_temperature
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done_steps = step + 1
@@ -202,9 +198,7 @@ def train_supernet(
         steps=total,
         epochs=cfg.epochs,
         seconds=round(seconds, 2),
-        images_per_second=round((total - start) * cfg.batch_size / max(seconds, 1e-9), 1)
-        if start == 0
-        else round(total * cfg.batch_size / max(seconds, 1e-9), 1),
+        images_per_second=round(cfg.epochs * len(data.train) / max(seconds, 1e-9), 1),
         final_loss=round(loss_value, 4),
         val_accuracy_largest=accs[0],
         val_accuracy_smallest=accs[1],
@@ -214,6 +208,58 @@ def train_supernet(
     _write_description(out, study, model, {"complete": True, **asdict(summary)})
     ckpt.unlink(missing_ok=True)
     return summary
+
+
+def _batch(
+    study: StudyConfig, data: DataSplits, rows: torch.Tensor, step: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised, augmented images and labels of one step (augmentation seeded by the step)."""
+    cfg = study.training
+    generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
+    images = augment(data.train.images[rows], generator, cfg.crop_padding, cfg.hflip)
+    return normalize(images.to(device), data.mean, data.std), data.train.labels[rows].to(device)
+
+
+def _sandwich_backward(
+    model: SuperViT,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    configs: list[SubnetConfig],
+    hard: torch.nn.Module,
+    temperature: float,
+) -> float:
+    """Accumulate the gradients of one sandwich step; return the summed loss.
+
+    ``configs[0]`` (the largest sub-network) learns from the labels; every other one learns
+    from its last exit's softened prediction (in-place distillation). Every exit counts equally.
+    """
+    soft = SoftTargetCrossEntropy()
+    total = 0.0
+    teacher = None
+    for config in configs:
+        model.set_active(config)
+        outputs = model(images)
+        if teacher is None:
+            losses = [hard(o, labels) for o in outputs]
+            teacher = (outputs[-1].detach() / temperature).softmax(dim=-1)
+        else:
+            losses = [soft(o / temperature, teacher) * temperature**2 for o in outputs]
+        loss = torch.stack(losses).mean()
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def check_target(study: StudyConfig, out: Path) -> None:
+    """Refuse, before any work, a run folder that is a file or a device that is not there."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
+    device = torch.device(study.training.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"training.device: {study.training.device!r} but this torch build sees no CUDA "
+            "device; use cpu"
+        )
 
 
 def _check_data(study: StudyConfig, data: DataSplits) -> None:
@@ -268,9 +314,8 @@ def _write_description(out: Path, study: StudyConfig, model: SuperViT, training:
         },
         "training": training,
     }
-    tmp = out / f".{DESCRIPTION}.tmp"
-    tmp.write_text(json.dumps(description, indent=2) + "\n")
-    tmp.replace(out / DESCRIPTION)
+    text = json.dumps(description, indent=2) + "\n"
+    atomic_write(out / DESCRIPTION, lambda tmp: Path(tmp).write_text(text))
 
 
 @contextmanager

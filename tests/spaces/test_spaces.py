@@ -95,10 +95,13 @@ def test_space_check_names_field_and_allowed_values(space: SearchSpace) -> None:
     [
         ({"exit_layers": (2, 5)}, r"exit_layers: 5 is not allowed; allowed: 1..4"),
         ({"resolutions": (16, 8)}, "strictly increasing"),
-        ({"resolutions": (7,)}, "no patch size"),
+        ({"resolutions": (7, 16)}, r"resolutions: no patch size in \[2, 4\] divides 7"),
         ({"head_types": ("linear", "transformer")}, "transformer"),
         ({"keep_rates": (0.0,)}, r"allowed: \(0, 1\]"),
         ({"max_branches": 4}, "allowed: 1, 2, 3"),
+        ({"patch_sizes": (2, 3, 4)}, r"patch_sizes: 3 divides none of the resolutions"),
+        ({"exit_layers": (4, 2)}, "exit_layers: must be increasing"),
+        ({"keep_layers": ()}, "need keep_layers"),
     ],
 )
 def test_invalid_spaces(space: SearchSpace, changes, message) -> None:
@@ -142,11 +145,17 @@ def test_unknown_key_names_the_allowed_keys(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (lambda d: d["space"].update(exit_layers=[2, 9]), r"study.space.exit_layers: 9"),
-        (lambda d: d["space"].update(patch_sizes=[3]), r"no patch size in \[3\] divides 8"),
+        (lambda d: d["space"].update(patch_sizes=[3]), r"space.patch_sizes: 3 divides none"),
         (lambda d: d["data"].update(dataset="mnist"), r"study.data.dataset: 'mnist'"),
         (lambda d: d["training"].update(epochs="ten"), r"study.training.epochs: expected an"),
         (lambda d: d.pop("space"), r"missing key 'space'"),
         (lambda d: d["data"].update(image_size=8), r"smaller than the largest branch"),
+        (lambda d: d.update(name=".."), r"study.name: '..' must be"),
+        (lambda d: d.update(seed=-1), r"study.seed: -1 must not be negative"),
+        (lambda d: d["training"].update(device="gpu"), r"training.device: 'gpu' is not a torch"),
+        (lambda d: d["training"].update(min_lr=1.0), r"training.min_lr: 1.0 must not exceed"),
+        (lambda d: d["training"].update(random_subnets=0), r"random_subnets: 0 must be at least"),
+        (lambda d: d["training"].update(weight_decay=-1), r"weight_decay: -1.0 must not be neg"),
     ],
 )
 def test_study_errors(tmp_path: Path, edit, message) -> None:
