@@ -53,6 +53,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_with_data(args: argparse.Namespace):
+    from exitnas.spaces import load_study
+
+    study = load_study(args.study)
+    if getattr(args, "data", None) is not None:
+        study = replace(study, data=replace(study.data, path=str(args.data)))
+    return study
+
+
+def _search(args: argparse.Namespace) -> int:
+    from exitnas.search import run_search
+
+    study = _study_with_data(args)
+    if args.sampler:
+        study = replace(study, search=replace(study.search, sampler=args.sampler))
+    run = Path(args.run) if args.run else Path("runs") / study.name
+    if args.backend == "ray":
+        from exitnas.search.ray_backend import run_ray_search
+
+        summary = run_ray_search(
+            study,
+            run,
+            trials=args.trials,
+            storage=args.storage,
+            workers=args.workers,
+            address=args.ray_address,
+            progress=not args.quiet,
+        )
+    else:
+        summary = run_search(
+            study,
+            run,
+            trials=args.trials,
+            storage=args.storage,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    print(
+        f"study {summary.study_name!r} in {summary.storage}: +{summary.trials_added} trials "
+        f"({summary.trials_complete} complete) in {summary.seconds:.1f} s; Pareto front "
+        f"{summary.pareto_size} points, hypervolume {summary.hypervolume:.2f}; architectures "
+        f"cached {summary.cache_hits}, evaluated {summary.cache_misses} "
+        f"({summary.seconds_per_miss:.3f} s each)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exitnas",
@@ -72,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (~/.cache/exitnas)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    search = commands.add_parser(
+        "search", help="multi-objective search over sub-networks and exit thresholds"
+    )
+    search.add_argument("study", type=Path, help="study YAML file")
+    search.add_argument("--trials", type=int, help="trials to add (default: search.trials)")
+    search.add_argument(
+        "--storage", help="SQLAlchemy URL (default: sqlite:///runs/<study>/study.db)"
+    )
+    search.add_argument("--workers", type=int, default=1, help="processes sharing the study")
+    search.add_argument("--sampler", choices=["nsga2", "tpe", "random"], help="override")
+    search.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
+    search.add_argument("--ray-address", help="Ray cluster address (default: start one here)")
+    search.add_argument("--run", type=Path, help="run folder (default: runs/<study name>)")
+    search.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.set_defaults(handler=_search)
     return parser
 
 

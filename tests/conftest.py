@@ -61,3 +61,23 @@ def tiny_data(digits: DataSplits) -> DataSplits:
         return ImageSplit(split.images[:n], split.labels[:n])
 
     return replace(digits, train=head(digits.train, 128), val=head(digits.val, 64))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, digits: DataSplits):
+    """A tiny supernet trained for a few steps, shared by the search tests: (study, run dir)."""
+    from exitnas.supernet import train_supernet
+
+    space = exitnas_tiny()
+    training = TrainingConfig(epochs=1, batch_size=64, random_subnets=1, warmup_epochs=0.2)
+    study = StudyConfig(
+        name="tiny",
+        space=space,
+        data=DataConfig(image_size=16, val_fraction=0.1),
+        training=training,
+        seed=3,
+    )
+    small = replace(digits, train=ImageSplit(digits.train.images[:256], digits.train.labels[:256]))
+    run = tmp_path_factory.mktemp("tiny-run")
+    train_supernet(study, small, run, progress=False)
+    return study, run

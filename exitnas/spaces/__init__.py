@@ -2,7 +2,13 @@
 
 from exitnas.spaces.config import HEAD_TYPES, BranchConfig, ExitConfig, SubnetConfig
 from exitnas.spaces.space import BackboneSpace, SearchSpace
-from exitnas.spaces.study import DataConfig, StudyConfig, TrainingConfig, load_study
+from exitnas.spaces.study import (
+    DataConfig,
+    SearchConfig,
+    StudyConfig,
+    TrainingConfig,
+    load_study,
+)
 
 __all__ = [
     "HEAD_TYPES",
@@ -10,6 +16,7 @@ __all__ = [
     "BranchConfig",
     "DataConfig",
     "ExitConfig",
+    "SearchConfig",
     "SearchSpace",
     "StudyConfig",
     "SubnetConfig",

@@ -17,7 +17,7 @@ from exitnas.errors import ConfigError
 from exitnas.spaces._parse import from_dict, to_dict
 from exitnas.spaces.space import SearchSpace
 
-__all__ = ["DataConfig", "StudyConfig", "TrainingConfig", "load_study"]
+__all__ = ["DataConfig", "SearchConfig", "StudyConfig", "TrainingConfig", "load_study"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,32 @@ class TrainingConfig:
             raise ConfigError(f"label_smoothing: {self.label_smoothing} must be in [0, 1)")
 
 
+SAMPLERS = ("nsga2", "tpe", "random")
+EXIT_RULES = ("max_softmax", "entropy", "margin")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How the multi-objective search over sub-networks and exit thresholds runs."""
+
+    sampler: str = "nsga2"  # nsga2 (default) | tpe (multi-objective) | random
+    rules: tuple[str, ...] = ("max_softmax",)  # exit rules searched over (categorical if > 1)
+    trials: int = 500  # trials added by one `exitnas search` (--trials overrides)
+    population_size: int = 50  # NSGA-II generation size
+    storage: str | None = None  # SQLAlchemy URL; default sqlite:///runs/<name>/study.db
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {self.sampler!r} is not allowed; allowed: {SAMPLERS}")
+        if not self.rules:
+            raise ConfigError(f"rules: needs at least one of {EXIT_RULES}")
+        for rule in self.rules:
+            if rule not in EXIT_RULES:
+                raise ConfigError(f"rules: {rule!r} is not allowed; allowed: {EXIT_RULES}")
+        if self.trials < 1 or self.population_size < 2:
+            raise ConfigError("trials must be at least 1 and population_size at least 2")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study: data, space and training budget, under one name and seed."""
@@ -92,6 +118,7 @@ class StudyConfig:
     space: SearchSpace
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0  # every random choice of the study derives from it
 
     def __post_init__(self) -> None:
@@ -123,10 +150,11 @@ class StudyConfig:
         """Stable hash of everything that shapes the trained weights.
 
         Checkpoints record it to refuse resuming a different study. Where the data lives,
-        which device or thread count runs the training and how often it checkpoints are left
-        out: moving the data or resuming on another machine is allowed.
+        which device or thread count runs the training, how often it checkpoints and how the
+        search runs are left out: moving the data or resuming on another machine is allowed.
         """
         data = self.to_dict()
+        data.pop("search")
         for name in ("path", "download"):
             data["data"].pop(name)
         for name in ("device", "num_threads", "checkpoint_every"):

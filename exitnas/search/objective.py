@@ -1,0 +1,121 @@
+"""The search objective: a trial's sub-network and exit rule, scored on cached logits."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from exitnas.search.rules import ExitOutcome, ExitRule, ExitTable
+from exitnas.search.space import suggest
+from exitnas.search.store import CachedEvaluation, EvaluationStore
+from exitnas.spaces import SubnetConfig
+from exitnas.supernet import SuperViT, count_flops
+from exitnas.supernet.evaluate import predict_exits
+
+__all__ = ["ArchitectureEvaluator", "SearchObjective", "TRIAL_ATTR", "file_sha256"]
+
+TRIAL_ATTR = "exitnas"  # the one user attribute a trial carries (exit fractions, cache hit)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArchitectureEvaluator:
+    """Per-process access to every architecture's validation logits.
+
+    An architecture's logits are computed once (one validation pass of the supernet under
+    that config), stored in the study's database, and kept in memory as an :class:`ExitTable`
+    (least recently used first out), so scoring another exit rule on it costs microseconds.
+
+    Args:
+        model: the trained supernet.
+        images: uint8 validation images.
+        labels: validation labels.
+        mean, std: the data's normalisation.
+        store: the database cache.
+        weights_hash: sha256 of the supernet weights (part of the cache key).
+        memory: architectures kept in memory.
+    """
+
+    def __init__(
+        self,
+        model: SuperViT,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        store: EvaluationStore,
+        weights_hash: str,
+        memory: int = 256,
+    ):
+        self.model, self.images, self.labels = model, images, labels.numpy()
+        self.mean, self.std = mean, std
+        self.store, self.weights_hash, self.memory = store, weights_hash, memory
+        self._tables: OrderedDict[str, ExitTable] = OrderedDict()
+        self.hits = self.misses = 0
+        self.miss_seconds = 0.0
+
+    def logits(self, config: SubnetConfig) -> tuple[np.ndarray, bool]:
+        """Validation logits ``(E, N, K)`` of ``config`` and whether they came from the cache."""
+        cached = self.store.get(config.key(), self.weights_hash)
+        if cached is not None:
+            return cached.logits, True
+        start = time.perf_counter()
+        logits = predict_exits(self.model, self.images, self.mean, self.std, config=config)
+        seconds = time.perf_counter() - start
+        self.miss_seconds += seconds
+        entry = CachedEvaluation(config.key(), self.weights_hash, config.to_json(), logits, seconds)
+        self.store.put(entry)
+        return logits, False
+
+    def table(self, config: SubnetConfig) -> tuple[ExitTable, bool]:
+        """The :class:`ExitTable` of ``config`` and whether it was cached (memory or database)."""
+        key = config.key()
+        if key in self._tables:
+            self._tables.move_to_end(key)
+            self.hits += 1
+            return self._tables[key], True
+        logits, hit = self.logits(config)
+        self.hits += hit
+        self.misses += not hit
+        table = ExitTable(logits, self.labels, count_flops(self.model.space, config))
+        self._tables[key] = table
+        if len(self._tables) > self.memory:
+            self._tables.popitem(last=False)
+        return table, hit
+
+    def score(self, config: SubnetConfig, rule: ExitRule) -> ExitOutcome:
+        return self.table(config)[0].score(rule)
+
+
+class SearchObjective:
+    """Optuna objective: (validation accuracy, expected MFLOPs per image).
+
+    The trial's parameters define the config and rule (rebuild them with
+    ``suggest(FixedTrial(trial.params), space, rules)``); one user attribute records the exit
+    distribution and whether the architecture was cached.
+    """
+
+    def __init__(self, evaluator: ArchitectureEvaluator, rules: Sequence[str]):
+        self.evaluator, self.rules = evaluator, tuple(rules)
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> tuple[float, float]:
+        config, rule = suggest(trial, self.evaluator.model.space, self.rules)
+        table, hit = self.evaluator.table(config)
+        outcome = table.score(rule)
+        trial.set_user_attr(
+            TRIAL_ATTR, {"exit_fractions": list(outcome.exit_fractions), "cache_hit": hit}
+        )
+        return outcome.accuracy, outcome.expected_flops / 1e6

@@ -1,0 +1,64 @@
+"""The search space as one define-by-run function.
+
+:func:`suggest` asks an Optuna trial for one sub-network and its exit rule. The same function
+drives Optuna directly and Ray Tune through ``OptunaSearch``, and is unit-tested with
+``optuna.trial.FixedTrial``. Branch chains are one categorical choice (so branch count,
+resolutions and patch sizes always form a valid cascade); each branch then chooses its keep
+rate, its coarse-to-fine fraction (where its grid refines the previous one), its last exit
+layer, which earlier layers also exit, and a head type per exit; finally the exit rule and one
+threshold per exit but the last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+
+from exitnas.search.rules import ExitRule
+from exitnas.spaces import BranchConfig, ExitConfig, SearchSpace, SubnetConfig
+
+__all__ = ["chain_label", "suggest"]
+
+
+def chain_label(chain: Sequence[tuple[int, int]]) -> str:
+    """``((8, 4), (16, 2))`` -> ``"8/4>16/2"`` (resolution/patch of each branch)."""
+    return ">".join(f"{resolution}/{patch}" for resolution, patch in chain)
+
+
+def suggest(
+    trial: optuna.trial.BaseTrial, space: SearchSpace, rules: Sequence[str] = ("max_softmax",)
+) -> tuple[SubnetConfig, ExitRule]:
+    """Ask ``trial`` for a sub-network of ``space`` and an exit rule from ``rules``.
+
+    Example:
+        >>> config, rule = suggest(optuna.trial.FixedTrial(params), space)
+    """
+    chains = {chain_label(chain): chain for chain in space.branch_chains}
+    chain = chains[trial.suggest_categorical("branches", list(chains))]
+    branches: list[BranchConfig] = []
+    for i, (resolution, patch) in enumerate(chain):
+        keep = _choose(trial, f"b{i}_keep_rate", space.keep_rates)
+        refine = None
+        if i > 0 and space.refine_fractions and (resolution // patch) % branches[-1].grid == 0:
+            refine = trial.suggest_categorical(f"b{i}_refine", [None, *space.refine_fractions])
+        last = trial.suggest_categorical(f"b{i}_last_exit", list(space.exit_layers))
+        exits = []
+        for layer in (x for x in space.exit_layers if x <= last):
+            if layer == last or trial.suggest_categorical(f"b{i}_exit_l{layer}", [False, True]):
+                exits.append(
+                    ExitConfig(layer, _choose(trial, f"b{i}_head_l{layer}", space.head_types))
+                )
+        branches.append(BranchConfig(resolution, patch, tuple(exits), keep, refine))
+    reuse = _choose(trial, "reuse", space.reuse) if len(branches) > 1 else space.reuse[0]
+    config = SubnetConfig(tuple(branches), reuse=reuse)
+    rule = _choose(trial, "rule", tuple(rules))
+    thresholds = tuple(
+        trial.suggest_float(f"t_b{b}_l{exit_.layer}", 0.0, 1.0) for b, exit_ in config.exits[:-1]
+    )
+    return config, ExitRule(rule, thresholds)
+
+
+def _choose(trial: optuna.trial.BaseTrial, name: str, choices: Sequence):
+    """A categorical parameter, or the only choice without asking."""
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))

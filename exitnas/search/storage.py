@@ -1,0 +1,73 @@
+"""Opening the study database: Optuna's RDB storage plus exitnas's tables, one URL.
+
+SQLite is the default (``sqlite:///runs/<study>/study.db``). Several worker processes share it
+safely: the file is switched to write-ahead logging (readers never block the writer) and every
+connection waits up to a minute for a write lock instead of failing with "database is locked".
+Any other SQLAlchemy URL (PostgreSQL for several hosts) is passed through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+
+from exitnas.errors import ExitnasError
+from exitnas.search.store import SqlStore
+
+__all__ = ["StorageError", "default_storage_url", "open_storage", "open_store"]
+
+SQLITE_TIMEOUT_S = 60
+
+
+class StorageError(ExitnasError):
+    """A storage URL that cannot be opened (bad URL, missing folder or driver, no server)."""
+
+
+def default_storage_url(run_dir: str | Path) -> str:
+    return f"sqlite:///{Path(run_dir) / 'study.db'}"
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def _prepare_sqlite(url: str) -> None:
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:":
+        raise StorageError(f"storage {url!r}: an in-memory SQLite database cannot hold a study")
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise StorageError(f"storage {url!r}: folder {path.parent} does not exist")
+    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``, set up for concurrent workers.
+
+    Raises:
+        StorageError: the URL is malformed, its driver is not installed, or it cannot connect.
+    """
+    try:
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except StorageError:
+        raise
+    except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"cannot open storage {url!r}: {first}") from None
+
+
+def open_store(url: str) -> SqlStore:
+    """exitnas's evaluation cache in the same database as the study."""
+    try:
+        return SqlStore(url, engine_kwargs=_engine_kwargs(url))
+    except (sa.exc.SQLAlchemyError, ImportError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {url!r}: {first}") from None

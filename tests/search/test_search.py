@@ -1,0 +1,115 @@
+"""Search studies on the tiny supernet: cache, front, resume, concurrent workers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from exitnas.errors import CheckpointError
+from exitnas.search import ExitRule, StorageError, run_search, suggest
+from exitnas.search.runner import load_evaluator, open_study
+from exitnas.search.storage import default_storage_url
+from exitnas.supernet.evaluate import predict_exits
+
+
+def with_sampler(study, sampler: str):
+    return replace(study, search=replace(study.search, sampler=sampler, population_size=8))
+
+
+def test_cached_and_recomputed_metrics_are_identical(trained_run, tmp_path: Path, rng) -> None:
+    study, run = trained_run
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    first = load_evaluator(study, run, url)
+    configs = [study.space.sample(rng) for _ in range(4)]
+    rules = [ExitRule("max_softmax", tuple(rng.random(c.num_exits - 1))) for c in configs]
+    fresh = [first.score(c, r) for c, r in zip(configs, rules, strict=True)]
+    assert first.misses == 4 and first.hits == 0
+    second = load_evaluator(study, run, url)  # a new process: memory empty, database warm
+    cached = [second.score(c, r) for c, r in zip(configs, rules, strict=True)]
+    assert second.hits == 4 and second.misses == 0
+    assert cached == fresh
+    for config in configs:  # the stored logits are exactly a fresh validation pass
+        stored, hit = second.logits(config)
+        assert hit
+        again = predict_exits(first.model, second.images, second.mean, second.std, config=config)
+        np.testing.assert_array_equal(stored, again)
+
+
+def test_search_front_is_the_brute_force_front(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "random")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = run_search(study, run, trials=30, storage=url, progress=False)
+    assert summary.trials_added == 30 and summary.trials_complete == 30
+    optuna_study = optuna.load_study(study_name="tiny", storage=url)
+    trials = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    values = np.array([t.values for t in trials])
+    front = {t.number for t in optuna_study.best_trials}
+    dominated = {
+        t.number
+        for t, (a, c) in zip(trials, values, strict=True)
+        if any((a2 >= a and c2 <= c) and (a2 > a or c2 < c) for a2, c2 in values)
+    }
+    assert front == {t.number for t in trials} - dominated
+    assert summary.pareto_size == len(front)
+    # every trial's recorded objectives are reproduced from its parameters and the cache
+    evaluator = load_evaluator(study, run, url)
+    for trial in trials[:8]:
+        config, rule = suggest(optuna.trial.FixedTrial(trial.params), study.space)
+        outcome = evaluator.score(config, rule)
+        assert (outcome.accuracy, outcome.expected_flops / 1e6) == tuple(trial.values)
+
+
+def test_resume_adds_trials_after_an_interruption(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "nsga2")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_search(study, run, trials=6, storage=url, progress=False)
+    optuna_study = open_study(study, url)
+
+    def interrupt(s, trial):
+        if trial.number == 8:
+            raise KeyboardInterrupt
+
+    from exitnas.search.objective import SearchObjective
+
+    evaluator = load_evaluator(study, run, url)
+    with pytest.raises(KeyboardInterrupt):
+        optuna_study.optimize(
+            SearchObjective(evaluator, study.search.rules), n_trials=10, callbacks=[interrupt]
+        )
+    summary = run_search(study, run, trials=5, storage=url, progress=False)
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6 + 3 + 5
+    assert summary.trials_added == 5
+
+
+def test_four_workers_add_exactly_the_requested_trials(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "nsga2")
+    url = default_storage_url(tmp_path)
+    summary = run_search(study, run, trials=40, storage=url, workers=4, progress=False)
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert len(trials) == 40
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert summary.trials_added == 40
+    assert summary.cache_hits + summary.cache_misses == 40
+
+
+def test_storage_and_study_errors(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    with pytest.raises(StorageError, match="does not exist"):
+        run_search(study, run, trials=1, storage=f"sqlite:///{tmp_path}/no/such/dir.db")
+    with pytest.raises(StorageError, match="cannot open storage"):
+        run_search(study, run, trials=1, storage="nosuchdb://x")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_search(study, run, trials=1, storage=url, progress=False)
+    other = study.with_overrides(epochs=2)
+    with pytest.raises(CheckpointError, match="another study"):
+        run_search(other, run, trials=1, storage=url, progress=False)
+    with pytest.raises(CheckpointError, match="no trained supernet"):
+        run_search(study, tmp_path / "empty", trials=1, storage=url, progress=False)
