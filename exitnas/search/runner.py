@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("accuracy", "mflops")
-DIRECTIONS = ("maximize", "minimize")
+DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
 
 
 def create_sampler(name: str, seed: int, population_size: int = 50) -> optuna.samplers.BaseSampler:

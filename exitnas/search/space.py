@@ -39,9 +39,10 @@ def suggest(
     branches: list[BranchConfig] = []
     for i, (resolution, patch) in enumerate(chain):
         keep = _choose(trial, f"b{i}_keep_rate", space.keep_rates)
-        refine = None
+        refine: float | None = None
         if i > 0 and space.refine_fractions and (resolution // patch) % branches[-1].grid == 0:
-            refine = trial.suggest_categorical(f"b{i}_refine", [None, *space.refine_fractions])
+            choice = trial.suggest_categorical(f"b{i}_refine", [None, *space.refine_fractions])
+            refine = None if choice is None else float(choice)
         last = trial.suggest_categorical(f"b{i}_last_exit", list(space.exit_layers))
         exits = []
         for layer in (x for x in space.exit_layers if x <= last):
