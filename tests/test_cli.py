@@ -104,3 +104,25 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(study, tmp_path: Path) 
     b = load_weights(killed / "supernet.safetensors")[0]
     for name in a:
         torch.testing.assert_close(b[name], a[name])
+
+
+def test_search_cli_adds_trials_and_resumes(trained_run, tmp_path: Path, capsys) -> None:
+    study, run = trained_run
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["search", str(path), "--run", str(run), "--storage", url, "--quiet"]
+    assert main([*args, "--trials", "4", "--sampler", "random"]) == 0
+    assert "+4 trials (4 complete)" in capsys.readouterr().out
+    assert main([*args, "--trials", "3"]) == 0
+    assert "+3 trials (7 complete)" in capsys.readouterr().out
+
+
+def test_search_cli_bad_storage_exits_2(trained_run, tmp_path: Path, capsys) -> None:
+    study, run = trained_run
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    code = main(["search", str(path), "--run", str(run), "--storage", "nosuch://", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage 'nosuch://'" in err and err.count("\n") == 1
