@@ -19,6 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
+from sqlalchemy.dialects import postgresql
 
 __all__ = ["CachedEvaluation", "EvaluationStore", "SqlStore"]
 
@@ -64,6 +65,7 @@ def _migration_1(op: Operations) -> None:
 
 
 MIGRATIONS = (_migration_1,)  # append only; index + 1 is the schema version
+POSTGRES_MIGRATION_LOCK = 0x65786974  # pg_advisory_xact_lock key ("exit") for upgrade()
 
 _metadata = sa.MetaData()
 _schema = sa.Table("exitnas_schema", _metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -86,8 +88,15 @@ class SqlStore(EvaluationStore):
         self.upgrade()
 
     def upgrade(self) -> None:
-        """Apply the migrations this database has not seen (safe to call from every worker)."""
+        """Apply the migrations this database has not seen (safe to call from every worker).
+
+        On PostgreSQL, workers opening a fresh database together take turns: each holds an
+        advisory lock until its migration transaction commits (PostgreSQL's DDL is
+        transactional, so the next one sees the tables and the version).
+        """
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(POSTGRES_MIGRATION_LOCK)))
             _schema.create(conn, checkfirst=True)
             version = conn.execute(sa.select(sa.func.max(_schema.c.version))).scalar() or 0
             operations = Operations(MigrationContext.configure(conn))
@@ -120,9 +129,14 @@ class SqlStore(EvaluationStore):
             "logits": _pack(evaluation.logits),
             "seconds": evaluation.seconds,
         }
+        statement: sa.Insert
+        if self.engine.dialect.name == "postgresql":  # no failed statement in the server log
+            statement = postgresql.insert(_evaluations).values(**values).on_conflict_do_nothing()
+        else:
+            statement = _evaluations.insert().values(**values)
         try:
             with self._transaction() as conn:
-                conn.execute(_evaluations.insert().values(**values))
+                conn.execute(statement)
         except sa.exc.IntegrityError:
             pass  # another worker cached the same architecture first: same logits
 

@@ -1,0 +1,334 @@
+"""The Pareto front of a searched study, point selection, and deployable bundles.
+
+A *bundle* is one folder that ``exitnas.load`` runs on its own:
+
+- ``config.json``: the search space, sub-network config, exit rule, normalisation, the point's
+  validation accuracy, expected MFLOPs, stage FLOPs and exit fractions;
+- ``weights.safetensors``: the extracted sub-network (just the parts its config uses);
+- ``manifest.json``: sha256 and size of both files.
+
+It is written into a hidden sibling folder and renamed into place at the end, so a crash leaves
+no half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import exitnas
+from exitnas.errors import ExitnasError
+from exitnas.search.objective import TRIAL_ATTR, file_sha256
+from exitnas.search.rules import ExitRule
+from exitnas.search.space import suggest
+from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
+from exitnas.spaces._parse import to_dict
+from exitnas.supernet import SuperViT, count_flops
+from exitnas.supernet.checkpoint import atomic_write, save_weights
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_FILES",
+    "ExportError",
+    "ParetoPoint",
+    "export_bundle",
+    "export_front_json",
+    "pareto_points",
+    "read_front_json",
+    "select_point",
+]
+
+BUNDLE_FORMAT = 1  # version of config.json / manifest.json / the front JSON
+BUNDLE_FILES = ("config.json", "weights.safetensors")  # what manifest.json lists
+SELECT_FORMS = "accuracy|flops|mflops followed by <=, <, >= or > and a number, comma-separated"
+_CONSTRAINT = re.compile(r"^\s*(accuracy|mflops|flops)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+class ExportError(ExitnasError):
+    """No point to export, a selection nothing satisfies, or an output that already exists."""
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One point of a study's Pareto front."""
+
+    index: int  # position in the front, sorted by MFLOPs ascending
+    trial_number: int  # the Optuna trial it comes from
+    config: SubnetConfig
+    rule: ExitRule
+    accuracy: float  # validation accuracy under ``rule``
+    mflops: float  # expected MFLOPs per image under ``rule``
+    exit_fractions: tuple[float, ...]  # share of validation samples leaving at each exit
+    stage_flops: tuple[int, ...]  # analytic FLOPs per image of each stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "trial_number": self.trial_number,
+            "config": self.config.to_dict(),
+            "rule": self.rule.to_dict(),
+            "accuracy": self.accuracy,
+            "mflops": self.mflops,
+            "exit_fractions": list(self.exit_fractions),
+            "stage_flops": list(self.stage_flops),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParetoPoint:
+        return cls(
+            index=int(data["index"]),
+            trial_number=int(data["trial_number"]),
+            config=SubnetConfig.from_dict(data["config"]),
+            rule=ExitRule.from_dict(data["rule"]),
+            accuracy=float(data["accuracy"]),
+            mflops=float(data["mflops"]),
+            exit_fractions=tuple(float(f) for f in data["exit_fractions"]),
+            stage_flops=tuple(int(f) for f in data["stage_flops"]),
+        )
+
+
+def pareto_points(
+    optuna_study: optuna.Study, space: SearchSpace, rules: Sequence[str]
+) -> list[ParetoPoint]:
+    """The study's Pareto front, one point per distinct parameter set, cheapest first.
+
+    Args:
+        optuna_study: a study searched by :func:`~exitnas.search.run_search`.
+        space: the study's search space.
+        rules: the study's ``search.rules`` (needed to rebuild the trials' exit rules).
+
+    Returns:
+        Points sorted by MFLOPs ascending (then accuracy descending), ``index`` set to that order.
+
+    Raises:
+        ExportError: the study has no completed trial.
+    """
+    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ExportError(f"study {optuna_study.study_name!r} has no completed trials; run search")
+    seen: set[str] = set()
+    trials = []
+    for trial in sorted(optuna_study.best_trials, key=lambda t: t.number):
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            trials.append(trial)
+    trials.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
+    points = []
+    for index, trial in enumerate(trials):
+        config, rule = suggest(optuna.trial.FixedTrial(trial.params), space, rules)
+        attr = trial.user_attrs.get(TRIAL_ATTR, {})
+        points.append(
+            ParetoPoint(
+                index=index,
+                trial_number=trial.number,
+                config=config,
+                rule=rule,
+                accuracy=float(trial.values[0]),
+                mflops=float(trial.values[1]),
+                exit_fractions=tuple(float(f) for f in attr.get("exit_fractions", ())),
+                stage_flops=count_flops(space, config),
+            )
+        )
+    return points
+
+
+def select_point(
+    points: Sequence[ParetoPoint], select: str | None = None, index: int | None = None
+) -> ParetoPoint:
+    """Pick one point of a front: by index, by constraints, or the most accurate.
+
+    Args:
+        points: the front from :func:`pareto_points`.
+        select: comma-separated constraints such as ``"mflops<=40,accuracy>=0.9"`` on
+            ``accuracy``, ``flops`` (per image) or ``mflops``; the most accurate point meeting
+            all of them is returned (the cheaper one among ties).
+        index: a point's ``index`` (``--pareto-index``); not together with ``select``.
+
+    Returns:
+        The chosen point.
+
+    Raises:
+        ExportError: empty front, malformed selection, index out of range, or no point
+            satisfying the selection.
+    """
+    if not points:
+        raise ExportError("the Pareto front is empty; run exitnas search")
+    if select is not None and index is not None:
+        raise ExportError("give --select or --pareto-index, not both")
+    if index is not None:
+        if not 0 <= index < len(points):
+            raise ExportError(
+                f"--pareto-index {index} is out of range; valid: 0..{len(points) - 1}"
+            )
+        return points[index]
+    constraints = _parse_select(select) if select is not None else []
+    chosen = [p for p in points if all(_holds(p, *c) for c in constraints)]
+    if not chosen:
+        cheapest = min(points, key=lambda p: (p.mflops, -p.accuracy))
+        best = max(points, key=lambda p: (p.accuracy, -p.mflops))
+        raise ExportError(
+            f"no Pareto point satisfies {select!r}; available: cheapest {cheapest.mflops:.4g} "
+            f"MFLOPs (accuracy {cheapest.accuracy:.4f}), most accurate {best.accuracy:.4f} "
+            f"({best.mflops:.4g} MFLOPs)"
+        )
+    return max(chosen, key=lambda p: (p.accuracy, -p.mflops, -p.index))
+
+
+def _parse_select(select: str) -> list[tuple[str, str, float]]:
+    constraints = []
+    for part in select.split(","):
+        match = _CONSTRAINT.match(part)
+        value = _number(match.group(3)) if match else None
+        if match is None or value is None:
+            raise ExportError(f"--select: cannot read {part.strip()!r}; allowed: {SELECT_FORMS}")
+        constraints.append((match.group(1), match.group(2), value))
+    return constraints
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _holds(point: ParetoPoint, name: str, op: str, bound: float) -> bool:
+    value = {"accuracy": point.accuracy, "mflops": point.mflops, "flops": point.mflops * 1e6}[name]
+    if op == "<=":
+        return value <= bound
+    if op == "<":
+        return value < bound
+    if op == ">=":
+        return value >= bound
+    return value > bound
+
+
+def export_bundle(
+    point: ParetoPoint,
+    model: SuperViT,
+    study: StudyConfig,
+    out_dir: str | Path,
+    *,
+    weights_hash: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Path:
+    """Write a deployable bundle of ``point`` to the folder ``out_dir``.
+
+    Args:
+        point: the chosen Pareto point.
+        model: the trained supernet the study was searched on.
+        study: the study file.
+        out_dir: bundle folder; must not exist or be empty.
+        weights_hash: sha256 of the supernet weights file (recorded for provenance).
+        mean, std: the data's per-channel normalisation (``DataSplits.mean`` / ``.std``).
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        ExportError: ``out_dir`` exists and is not empty (nothing is touched).
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "exitnas_version": exitnas.__version__,
+        "study": {"name": study.name, "key": study.key()},
+        "space": to_dict(study.space),
+        "config": point.config.to_dict(),
+        "rule": point.rule.to_dict(),
+        "pareto": {"index": point.index, "trial_number": point.trial_number},
+        "val_accuracy": point.accuracy,
+        "expected_mflops": point.mflops,
+        "stage_flops": list(point.stage_flops),
+        "exit_fractions": list(point.exit_fractions),
+        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "image_size": study.data.image_size,
+        "in_chans": study.space.in_chans,
+        "supernet_weights_sha256": weights_hash,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        subnet = model.extract(point.config)
+        save_weights(
+            tmp / "weights.safetensors",
+            subnet.state_dict(),
+            {"format": BUNDLE_FORMAT, "config_key": point.config.key()},
+        )
+        _write_text(tmp / "config.json", json.dumps(meta, indent=2) + "\n")
+        files = {
+            name: {"sha256": file_sha256(tmp / name), "size": (tmp / name).stat().st_size}
+            for name in BUNDLE_FILES
+        }
+        manifest = {"format": BUNDLE_FORMAT, "files": files}
+        _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        os.replace(tmp, out)  # atomic; fails if ``out`` gained files meanwhile
+    except OSError as err:
+        raise ExportError(f"cannot write bundle {out}: {err}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def export_front_json(points: Sequence[ParetoPoint], path: str | Path) -> Path:
+    """Write the whole front to the JSON file ``path`` (atomically, never overwriting).
+
+    Args:
+        points: the front from :func:`pareto_points`.
+        path: new JSON file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: ``path`` already exists.
+    """
+    path = Path(path)
+    if path.exists():
+        raise ExportError(f"{path} already exists; choose another --out or remove it")
+    document = {
+        "format": BUNDLE_FORMAT,
+        "exitnas_version": exitnas.__version__,
+        "points": [p.to_dict() for p in points],
+    }
+    _write_text(path, json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def read_front_json(path: str | Path) -> list[ParetoPoint]:
+    """Read a front written by :func:`export_front_json`.
+
+    Raises:
+        ExportError: unreadable file or unknown format version.
+    """
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ExportError(f"cannot read front {path}: {err}") from None
+    if document.get("format") != BUNDLE_FORMAT:
+        raise ExportError(
+            f"{path}: front format {document.get('format')!r} is not supported; "
+            f"supported: {BUNDLE_FORMAT}"
+        )
+    return [ParetoPoint.from_dict(p) for p in document["points"]]
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

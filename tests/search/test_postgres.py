@@ -1,0 +1,129 @@
+"""Search studies in a real PostgreSQL server: EXITNAS_TEST_POSTGRES_URL (.ci/postgres.sh)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from exitnas.search import StorageError, run_search, suggest
+from exitnas.search.runner import load_evaluator
+from exitnas.search.storage import open_storage, open_store
+from exitnas.search.store import MIGRATIONS
+
+POSTGRES_URL = os.environ.get("EXITNAS_TEST_POSTGRES_URL", "")
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not POSTGRES_URL, reason="EXITNAS_TEST_POSTGRES_URL is not set"),
+]
+
+
+def with_sampler(study, sampler: str):
+    return replace(study, search=replace(study.search, sampler=sampler, population_size=8))
+
+
+def schema_versions(url: str) -> list[int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text("SELECT version FROM exitnas_schema")).scalars())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def public_url(trained_run):
+    """The server's URL as users give it; the tiny study is deleted before and after."""
+    study, _ = trained_run
+
+    def delete() -> None:
+        with contextlib.suppress(KeyError):  # no such study
+            optuna.delete_study(study_name=study.name, storage=POSTGRES_URL)
+
+    delete()
+    yield POSTGRES_URL
+    delete()
+
+
+@pytest.fixture
+def fresh_url():
+    """A URL whose tables all go to a new, empty schema (dropped after): a fresh database."""
+    schema = f"exitnas_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def test_search_and_cache_in_postgres(trained_run, public_url: str) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "random")
+    summary = run_search(study, run, trials=10, storage=public_url, progress=False)
+    assert summary.trials_added == 10 and summary.trials_complete == 10
+    assert summary.cache_hits + summary.cache_misses == 10
+    trials = optuna.load_study(study_name=study.name, storage=public_url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 10
+    engine = sa.create_engine(public_url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"exitnas_schema", "exitnas_evaluations", "trials"} <= tables
+    assert max(schema_versions(public_url)) == len(MIGRATIONS)
+    # a new process: memory empty, every architecture's logits come from PostgreSQL
+    second = load_evaluator(study, run, public_url)
+    for trial in trials:
+        config, rule = suggest(optuna.trial.FixedTrial(trial.params), study.space)
+        outcome = second.score(config, rule)
+        assert (outcome.accuracy, outcome.expected_flops / 1e6) == tuple(trial.values)
+    assert second.misses == 0 and second.hits == 10
+    assert second.store.count(second.weights_hash) >= summary.cache_misses
+
+
+def test_two_workers_add_exactly_the_requested_trials(trained_run, fresh_url: str) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "nsga2")
+    summary = run_search(study, run, trials=10, storage=fresh_url, workers=2, progress=False)
+    trials = optuna.load_study(study_name=study.name, storage=fresh_url).trials
+    assert len(trials) == 10
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert summary.trials_added == 10
+    assert summary.cache_hits + summary.cache_misses == 10
+    assert schema_versions(fresh_url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_concurrent_first_opens_migrate_once(fresh_url: str) -> None:
+    start = threading.Barrier(4)
+
+    def first_open(_: int) -> int:
+        start.wait()
+        store = open_store(fresh_url)
+        try:
+            return store.count("no-such-weights")
+        finally:
+            store.engine.dispose()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(first_open, range(4))) == [0] * 4
+    assert schema_versions(fresh_url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_errors_do_not_show_the_password() -> None:
+    url = sa.engine.make_url(POSTGRES_URL).set(password="s3cret-pw", database="no_such_db")
+    url_text = url.render_as_string(hide_password=False)
+    for opener in (open_storage, open_store):
+        with pytest.raises(StorageError, match="cannot open storage") as caught:
+            opener(url_text)
+        assert "s3cret-pw" not in str(caught.value)
