@@ -92,8 +92,9 @@ def _search(args: argparse.Namespace) -> int:
         )
     print(
         f"study {summary.study_name!r} in {summary.storage}: +{summary.trials_added} trials "
-        f"({summary.trials_complete} complete) in {summary.seconds:.1f} s; Pareto front "
-        f"{summary.pareto_size} points, hypervolume {summary.hypervolume:.2f}; architectures "
+        f"({summary.trials_complete} complete) in {summary.seconds:.1f} s; "
+        f"{summary.pareto_size} trials on the Pareto front, hypervolume "
+        f"{summary.hypervolume:.2f}; architectures "
         f"cached {summary.cache_hits}, evaluated {summary.cache_misses} "
         f"({summary.seconds_per_miss:.3f} s each)"
     )

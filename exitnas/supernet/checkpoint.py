@@ -45,9 +45,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp (and safetensors, which recreates the file) make 0600
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
