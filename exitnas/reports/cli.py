@@ -13,56 +13,34 @@ from typing import Any
 
 from exitnas.reports.info import ReportError
 
-__all__ = ["add_report_parser", "load_optuna_study"]
-
-
-def load_optuna_study(name: str, url: str, study_key: str | None = None) -> Any:
-    """Load the Optuna study ``name`` from ``url``.
-
-    Args:
-        name: the study's name (the study file's ``name``).
-        url: SQLAlchemy storage URL.
-        study_key: if given, the study must have been searched for a study file with this key.
-
-    Returns:
-        The ``optuna.Study``.
-
-    Raises:
-        ReportError: no such study in ``url``, or it belongs to another study file.
-        StorageError: ``url`` cannot be opened.
-    """
-    import optuna
-
-    from exitnas.search.storage import open_storage
-
-    try:
-        optuna_study = optuna.load_study(study_name=name, storage=open_storage(url))
-    except KeyError:
-        raise ReportError(f"no study named {name!r} in {url}; run exitnas search") from None
-    recorded = optuna_study.user_attrs.get("exitnas_study_key")
-    if study_key is not None and recorded is not None and recorded != study_key:
-        raise ReportError(
-            f"study {name!r} in {url} was searched for another study file (key {recorded})"
-        )
-    return optuna_study
+__all__ = ["add_report_parser"]
 
 
 def _report(args: argparse.Namespace) -> int:
     from exitnas.reports.info import build_report_info
     from exitnas.reports.plot import write_report
-    from exitnas.search.runner import load_evaluator
-    from exitnas.search.storage import default_storage_url
+    from exitnas.search.runner import (
+        evaluation_key,
+        load_evaluator,
+        load_searched_study,
+        load_validation,
+    )
+    from exitnas.search.storage import resolve_storage_url
     from exitnas.supernet import load_supernet
 
     run = Path(args.run_dir)
     _, study = load_supernet(run)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
-    url = args.storage or default_storage_url(run)
-    optuna_study = load_optuna_study(study.name, url, study.key())
-    evaluator = load_evaluator(study, run, url)
+    url = resolve_storage_url(args.storage, study.search.storage, run)
+    splits = load_validation(study)
+    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    evaluator = load_evaluator(study, run, url, splits)
     info = build_report_info(optuna_study, study, evaluator, args.pareto_index)
-    path = write_report(info, Path(args.out) if args.out else run / "report.html")
+    out = Path(args.out) if args.out else run / "report.html"
+    if out.suffix.lower() != ".html" or (out.exists() and not out.is_file()):
+        raise ReportError(f"--out: {out} must be an .html file (a report is regenerated there)")
+    path = write_report(info, out)
     print(path)
     return 0
 

@@ -7,8 +7,6 @@ draws it, and tests assert on it.
 from __future__ import annotations
 
 import bisect
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +14,11 @@ import optuna
 
 from exitnas.errors import ExitnasError
 from exitnas.reports.tradeoff import TradeoffInfo, tradeoff_info
-from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator
+from exitnas.search.export import pareto_points
+from exitnas.search.objective import ArchitectureEvaluator
 from exitnas.search.pareto import pareto_mask
-from exitnas.search.rules import ExitRule
 from exitnas.search.runner import OBJECTIVES, reference_mflops
-from exitnas.search.space import suggest
+from exitnas.search.space import trial_config
 from exitnas.spaces import StudyConfig, SubnetConfig
 
 __all__ = [
@@ -35,7 +33,6 @@ __all__ = [
     "exit_labels",
     "hypervolume_info",
     "pareto_info",
-    "trial_config",
 ]
 
 
@@ -147,61 +144,30 @@ def hypervolume_info(pareto: ParetoInfo, reference: float) -> HypervolumeInfo:
     return HypervolumeInfo(pareto.trial_numbers, tuple(history), float(reference))
 
 
-def _rules(optuna_study: optuna.Study, study_cfg: StudyConfig) -> tuple[str, ...]:
-    """The exit rules the study was searched with (recorded with the study, else the file's)."""
-    recorded = optuna_study.user_attrs.get("exitnas_study")
-    return tuple(json.loads(recorded)["search"]["rules"] if recorded else study_cfg.search.rules)
-
-
-def trial_config(
-    trial: optuna.trial.FrozenTrial, study_cfg: StudyConfig, rules: Sequence[str]
-) -> tuple[SubnetConfig, ExitRule]:
-    """A trial's sub-network and exit rule, rebuilt from its parameters.
-
-    Args:
-        trial: a completed trial of the study.
-        study_cfg: the study file (its search space).
-        rules: the exit rules the study was searched with.
-
-    Returns:
-        ``(SubnetConfig, ExitRule)`` as the trial suggested them.
-    """
-    params = trial.params
-    rules = (params["rule"],) if "rule" in params else tuple(rules)[:1]
-    return suggest(optuna.trial.FixedTrial(params), study_cfg.space, rules)
-
-
 def exit_labels(config: SubnetConfig) -> tuple[str, ...]:
     """``("b0/l2 mixer", "b1/l4 mlp")``: each exit's branch, layer and head type."""
     return tuple(f"b{b}/l{exit_.layer} {exit_.head}" for b, exit_ in config.exits)
 
 
 def exit_distribution_info(
-    optuna_study: optuna.Study, pareto: ParetoInfo, study_cfg: StudyConfig
+    optuna_study: optuna.Study, study_cfg: StudyConfig
 ) -> ExitDistributionInfo:
     """Exit fractions and exit labels of every Pareto point, cheapest first.
 
+    The points are :func:`~exitnas.search.export.pareto_points` (one per distinct parameter
+    set), so a report's point index is ``exitnas export --pareto-index``'s.
+
     Args:
         optuna_study: the searched study.
-        pareto: its trials (:func:`pareto_info`).
         study_cfg: the study file (its search space).
 
     Returns:
         One :class:`ExitPoint` per front point.
     """
-    trials = {t.number: t for t in _complete(optuna_study)}
-    rules = _rules(optuna_study, study_cfg)
-    front = [i for i, on in enumerate(pareto.front) if on]
-    points = []
-    for i in sorted(front, key=lambda i: (pareto.mflops[i], -pareto.accuracy[i])):
-        trial = trials[pareto.trial_numbers[i]]
-        config, _ = trial_config(trial, study_cfg, rules)
-        fractions = tuple(float(f) for f in trial.user_attrs[TRIAL_ATTR]["exit_fractions"])
-        points.append(
-            ExitPoint(
-                trial.number, pareto.accuracy[i], pareto.mflops[i], fractions, exit_labels(config)
-            )
-        )
+    points = [
+        ExitPoint(p.trial_number, p.accuracy, p.mflops, p.exit_fractions, exit_labels(p.config))
+        for p in pareto_points(optuna_study, study_cfg.space)
+    ]
     return ExitDistributionInfo(tuple(points))
 
 
@@ -229,7 +195,7 @@ def build_report_info(
     pareto = pareto_info(optuna_study)
     if not pareto.trial_numbers:
         raise ReportError(f"study {optuna_study.study_name!r} has no completed trials yet")
-    exits = exit_distribution_info(optuna_study, pareto, study_cfg)
+    exits = exit_distribution_info(optuna_study, study_cfg)
     points = exits.points
     if chosen_index is None:  # the most accurate point; the cheapest of equally accurate ones
         chosen_index = max(range(len(points)), key=lambda i: points[i].accuracy)
@@ -238,7 +204,7 @@ def build_report_info(
         raise ReportError(f"Pareto index {chosen_index}: the front has points 0 to {last}")
     number = points[chosen_index].trial_number
     trial = next(t for t in _complete(optuna_study) if t.number == number)
-    config, rule = trial_config(trial, study_cfg, _rules(optuna_study, study_cfg))
+    config, rule = trial_config(trial, study_cfg.space)
     table, _ = evaluator.table(config)
     return ReportInfo(
         study_name=optuna_study.study_name,

@@ -3,8 +3,9 @@
 from exitnas.search.objective import ArchitectureEvaluator, SearchObjective
 from exitnas.search.pareto import hypervolume_2d, pareto_mask
 from exitnas.search.rules import RULES, ExitOutcome, ExitRule, ExitTable
-from exitnas.search.runner import SearchSummary, create_sampler, open_study, run_search
-from exitnas.search.space import suggest
+from exitnas.search.runner import SearchSummary, open_study, run_search
+from exitnas.search.samplers import create_sampler
+from exitnas.search.space import suggest, trial_config
 from exitnas.search.storage import StorageError, default_storage_url, open_storage
 from exitnas.search.store import CachedEvaluation, EvaluationStore, SqlStore
 
@@ -28,4 +29,5 @@ __all__ = [
     "pareto_mask",
     "run_search",
     "suggest",
+    "trial_config",
 ]

@@ -30,7 +30,7 @@ import exitnas
 from exitnas.errors import ExitnasError
 from exitnas.search.objective import TRIAL_ATTR, file_sha256
 from exitnas.search.rules import ExitRule
-from exitnas.search.space import suggest
+from exitnas.search.space import trial_config
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 from exitnas.spaces._parse import to_dict
 from exitnas.supernet import SuperViT, count_flops
@@ -97,15 +97,12 @@ class ParetoPoint:
         )
 
 
-def pareto_points(
-    optuna_study: optuna.Study, space: SearchSpace, rules: Sequence[str]
-) -> list[ParetoPoint]:
+def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[ParetoPoint]:
     """The study's Pareto front, one point per distinct parameter set, cheapest first.
 
     Args:
         optuna_study: a study searched by :func:`~exitnas.search.run_search`.
         space: the study's search space.
-        rules: the study's ``search.rules`` (needed to rebuild the trials' exit rules).
 
     Returns:
         Points sorted by MFLOPs ascending (then accuracy descending), ``index`` set to that order.
@@ -126,7 +123,7 @@ def pareto_points(
     trials.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
     points = []
     for index, trial in enumerate(trials):
-        config, rule = suggest(optuna.trial.FixedTrial(trial.params), space, rules)
+        config, rule = trial_config(trial, space)
         attr = trial.user_attrs.get(TRIAL_ATTR, {})
         points.append(
             ParetoPoint(

@@ -8,21 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 
-from exitnas.errors import CheckpointError
 from exitnas.search.export import (
-    ExportError,
     export_bundle,
     export_front_json,
     pareto_points,
     select_point,
 )
 from exitnas.search.objective import file_sha256
-from exitnas.search.storage import default_storage_url, open_storage
-from exitnas.spaces import StudyConfig
+from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
+from exitnas.search.storage import resolve_storage_url
 
-__all__ = ["add_export_parser", "load_searched_study"]
+__all__ = ["add_export_parser", "run_export"]
 
 
 def add_export_parser(commands: Any) -> argparse.ArgumentParser:
@@ -57,33 +54,8 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     return export
 
 
-def load_searched_study(study: StudyConfig, url: str) -> optuna.Study:
-    """Load (never create) the Optuna study of ``study`` from ``url``.
-
-    Raises:
-        ExportError: no such study (or no such SQLite file).
-        CheckpointError: the stored study was searched for another study file.
-    """
-    missing = f"no study named {study.name!r} in {url}; run exitnas search"
-    if url.startswith("sqlite"):
-        database = sa.engine.make_url(url).database
-        if database and database != ":memory:" and not Path(database).is_file():
-            raise ExportError(missing)
-    try:
-        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(url))
-    except KeyError:
-        raise ExportError(missing) from None
-    key = optuna_study.user_attrs.get("exitnas_study_key")
-    if key is not None and key != study.key():
-        raise CheckpointError(
-            f"study {study.name!r} in {url} was searched for another study file (key {key})"
-        )
-    return optuna_study
-
-
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``exitnas export``; prints one summary line and returns 0."""
-    from exitnas.data import load_splits
     from exitnas.supernet import load_supernet
     from exitnas.supernet.train import WEIGHTS
 
@@ -91,31 +63,17 @@ def run_export(args: argparse.Namespace) -> int:
     model, study = load_supernet(run)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
-    url = args.storage or study.search.storage or default_storage_url(run)
-    optuna_study = load_searched_study(study, url)
-    weights_hash = file_sha256(run / WEIGHTS)
-    searched_with = optuna_study.user_attrs.get("weights_hash")
-    if searched_with is not None and searched_with != weights_hash:
-        raise CheckpointError(
-            f"study {study.name!r} in {url} was searched with other supernet weights than "
-            f"{run / WEIGHTS}; search again"
-        )
+    url = resolve_storage_url(args.storage, study.search.storage, run)
+    splits = load_validation(study)
+    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    points = pareto_points(optuna_study, study.space, study.search.rules)
+    points = pareto_points(optuna_study, study.space)
     if args.pareto:
         export_front_json(points, args.out)
         print(f"Pareto front of {study.name!r}: {len(points)} points -> {args.out}")
         return 0
     point = select_point(points, args.select, args.pareto_index)
-    data = study.data
-    splits = load_splits(
-        data.dataset,
-        data.path,
-        data.image_size,
-        data.val_fraction,
-        study.seed,
-        download=data.download,
-    )
+    weights_hash = file_sha256(run / WEIGHTS)
     export_bundle(
         point, model, study, args.out, weights_hash=weights_hash, mean=splits.mean, std=splits.std
     )

@@ -45,7 +45,8 @@ class ArchitectureEvaluator:
         labels: validation labels.
         mean, std: the data's normalisation.
         store: the database cache.
-        weights_hash: sha256 of the supernet weights (part of the cache key).
+        weights_hash: hash of the supernet weights and the validation split (the cache's
+            second key, :func:`~exitnas.search.runner.evaluation_key`).
         memory: architectures kept in memory.
     """
 

@@ -29,22 +29,20 @@ from typing import Any
 import optuna
 
 from exitnas.errors import ExitnasError
-from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator, file_sha256
+from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator
 from exitnas.search.runner import (
     OBJECTIVES,
     SearchSummary,
-    _front_stats,
-    _refresh,
-    create_sampler,
+    front_stats,
     load_evaluator,
     open_study,
     reference_mflops,
+    refresh_bar,
 )
+from exitnas.search.samplers import create_sampler
 from exitnas.search.space import suggest
-from exitnas.search.storage import default_storage_url, open_storage
+from exitnas.search.storage import open_storage, resolve_storage_url
 from exitnas.spaces import SearchSpace, StudyConfig
-from exitnas.supernet import load_supernet
-from exitnas.supernet.train import WEIGHTS
 
 __all__ = ["RayBackendError", "run_ray_search"]
 
@@ -161,16 +159,18 @@ def run_ray_search(
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir).resolve()
-    url = storage or study.search.storage or default_storage_url(run_dir)
-    trials = trials or study.search.trials
-    workers = max(1, min(workers, trials))
-    load_supernet(run_dir, study)  # fail early, here, on a missing or foreign supernet
-    optuna_study = open_study(study, url, None, file_sha256(run_dir / WEIGHTS))
+    url = resolve_storage_url(storage, study.search.storage, run_dir)
+    trials = study.search.trials if trials is None else trials
+    if trials < 1 or workers < 1:
+        raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
+    workers = min(workers, trials)
+    # fail early, here, on a missing or foreign supernet, unreadable data or a foreign study
+    evaluator = load_evaluator(study, run_dir, url)
+    optuna_study = open_study(study, url, None, evaluator.weights_hash)
+    del evaluator
     reference = reference_mflops(study)
-    before, _, _ = _front_stats(optuna_study, reference)
-    sampler = create_sampler(
-        study.search.sampler, study.seed * 1000 + before, study.search.population_size
-    )
+    before, _, _ = front_stats(optuna_study, reference)
+    sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = _DefineByRun(study.space, tuple(study.search.rules))
     searcher = OptunaSearch(
@@ -211,7 +211,8 @@ def run_ray_search(
 
     def watch() -> None:  # the bar follows the database, like run_search's workers
         while not done.wait(0.5):
-            _refresh(bar, optuna_study, reference, before, started)
+            bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
+            refresh_bar(bar, optuna_study, reference, started)
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
@@ -220,7 +221,8 @@ def run_ray_search(
             results = tuner.fit()
             done.set()
             watcher.join()
-            complete, front, volume = _refresh(bar, optuna_study, reference, before, started)
+            bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
+            complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
     finally:
         done.set()
         running = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -230,7 +232,8 @@ def run_ray_search(
         if started_ray:
             ray.shutdown()
     if results.errors:
-        raise results.errors[0]
+        first = str(results.errors[0]).strip().splitlines()
+        raise RayBackendError(f"a Ray trial failed: {first[-1] if first else results.errors[0]!r}")
     metrics = [results[i].metrics or {} for i in range(len(results))]
     hits = sum(bool(m.get("cache_hit")) for m in metrics)
     misses = sum(not m.get("cache_hit", True) for m in metrics)
@@ -238,7 +241,7 @@ def run_ray_search(
     return SearchSummary(
         study_name=study.name,
         storage=url,
-        trials_added=complete - before,
+        trials_added=hits + misses,
         trials_complete=complete,
         pareto_size=front,
         hypervolume=round(volume, 4),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from exitnas.errors import ConfigError
+from exitnas.spaces.study import EXIT_RULES
 
 __all__ = [
     "RULES",
@@ -30,7 +31,7 @@ __all__ = [
     "softmax",
 ]
 
-RULES = ("max_softmax", "entropy", "margin")
+RULES = EXIT_RULES  # max_softmax, entropy, margin (named where study files are validated)
 
 
 @dataclass(frozen=True)

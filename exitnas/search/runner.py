@@ -2,15 +2,19 @@
 
 The study is an ordinary Optuna study (``optuna-dashboard`` opens it) named after the study
 file; running again loads it and adds trials. ``workers`` processes share it through the
-database; each runs its share of the requested trials, so exactly that many are added.
+database; each runs its share of the requested trials, so exactly that many are added. The
+study records the study file's key, the exit rules and the hash of the supernet weights and
+validation split it was searched with, and refuses to continue with different ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +25,12 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from exitnas.data import load_splits
-from exitnas.errors import CheckpointError
+from exitnas.data import DataSplits, load_splits
+from exitnas.errors import CheckpointError, ExitnasError
 from exitnas.search.objective import ArchitectureEvaluator, SearchObjective, file_sha256
 from exitnas.search.pareto import hypervolume_2d, pareto_mask
-from exitnas.search.storage import default_storage_url, open_storage, open_store
+from exitnas.search.samplers import create_sampler
+from exitnas.search.storage import open_storage, open_store, resolve_storage_url
 from exitnas.spaces import StudyConfig
 from exitnas.supernet import count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
@@ -34,8 +39,11 @@ __all__ = [
     "DIRECTIONS",
     "OBJECTIVES",
     "SearchSummary",
-    "create_sampler",
+    "evaluation_key",
+    "front_stats",
     "load_evaluator",
+    "load_searched_study",
+    "load_validation",
     "open_study",
     "reference_mflops",
     "run_search",
@@ -43,17 +51,6 @@ __all__ = [
 
 OBJECTIVES = ("accuracy", "mflops")
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
-
-
-def create_sampler(name: str, seed: int, population_size: int = 50) -> optuna.samplers.BaseSampler:
-    """``nsga2`` (default), ``tpe`` (multi-objective) or ``random``, seeded."""
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}; allowed: nsga2, tpe, random")
 
 
 def reference_mflops(study: StudyConfig) -> float:
@@ -69,21 +66,43 @@ class SearchSummary:
 
     study_name: str
     storage: str
-    trials_added: int
-    trials_complete: int  # completed trials in the study now
-    pareto_size: int
+    trials_added: int  # trials this command completed
+    trials_complete: int  # completed trials in the study now (all processes)
+    pareto_size: int  # trials on the Pareto front
     hypervolume: float  # accuracy x MFLOPs dominated below the reference cost
-    cache_hits: int  # this run's trials whose architecture was already evaluated
-    cache_misses: int  # this run's trials that ran a validation pass
+    cache_hits: int  # this command's trials whose architecture was already evaluated
+    cache_misses: int  # this command's trials that ran a validation pass
     seconds: float
     seconds_per_miss: float  # mean wall-clock of one uncached architecture's validation pass
 
 
-def load_evaluator(study: StudyConfig, run_dir: Path, url: str) -> ArchitectureEvaluator:
+def load_validation(study: StudyConfig) -> DataSplits:
+    """The study's data splits (search, export and report use only ``val``)."""
+    data = study.data
+    return load_splits(
+        data.dataset,
+        data.path,
+        data.image_size,
+        data.val_fraction,
+        study.seed,
+        download=data.download,
+    )
+
+
+def evaluation_key(run_dir: Path, splits: DataSplits) -> str:
+    """Hash of the supernet weights and the validation split: the cache's second key."""
+    digest = hashlib.sha256(file_sha256(run_dir / WEIGHTS).encode())
+    digest.update(splits.val.images.numpy().tobytes())
+    digest.update(splits.val.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_evaluator(
+    study: StudyConfig, run_dir: Path, url: str, splits: DataSplits | None = None
+) -> ArchitectureEvaluator:
     """Supernet, validation split and cache of one process."""
     model, _ = load_supernet(run_dir, study)
-    data = study.data
-    splits = load_splits(data.dataset, data.path, data.image_size, data.val_fraction, study.seed)
+    splits = splits or load_validation(study)
     return ArchitectureEvaluator(
         model,
         splits.val.images,
@@ -91,65 +110,109 @@ def load_evaluator(study: StudyConfig, run_dir: Path, url: str) -> ArchitectureE
         splits.mean,
         splits.std,
         open_store(url),
-        file_sha256(run_dir / WEIGHTS),
+        evaluation_key(run_dir, splits),
     )
+
+
+def _check_identity(
+    optuna_study: optuna.Study, study: StudyConfig, url: str, key: str | None, rules: bool
+) -> None:
+    attrs = optuna_study.user_attrs
+    where = f"study {study.name!r} in {url}"
+    if attrs.get("exitnas_study_key") != study.key():
+        raise CheckpointError(
+            f"{where} was searched for another study file (key "
+            f"{attrs.get('exitnas_study_key')}); use another --storage"
+        )
+    if rules and list(attrs.get("rules", [])) != list(study.search.rules):
+        raise CheckpointError(
+            f"{where} was searched with exit rules {attrs.get('rules')}; the study file now "
+            f"says {list(study.search.rules)}: restore them or use another --storage"
+        )
+    if key is not None and attrs.get("evaluation_key") != key:
+        raise CheckpointError(
+            f"{where} was searched with other supernet weights or another validation split "
+            "(the supernet was retrained or the data changed): use another --storage"
+        )
 
 
 def open_study(
     study: StudyConfig,
     url: str,
     sampler: optuna.samplers.BaseSampler | None = None,
-    weights_hash: str | None = None,
+    key: str | None = None,
 ) -> optuna.Study:
-    """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it."""
+    """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it.
+
+    Args:
+        key: the :func:`evaluation_key` the study must have been searched with.
+    """
     optuna_study = optuna.create_study(
         study_name=study.name,
         storage=open_storage(url),
         sampler=sampler,
-        directions=list(DIRECTIONS),
+        directions=DIRECTIONS,
         load_if_exists=True,
     )
-    attrs = optuna_study.user_attrs
-    if "exitnas_study_key" not in attrs:
+    if "exitnas_study_key" not in optuna_study.user_attrs:
+        with warnings.catch_warnings():  # experimental in Optuna; names the dashboard's axes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna_study.set_metric_names(list(OBJECTIVES))
         optuna_study.set_user_attr("exitnas_study_key", study.key())
         optuna_study.set_user_attr("exitnas_study", json.dumps(study.to_dict()))
-        optuna_study.set_user_attr("objectives", list(OBJECTIVES))
-        if weights_hash is not None:
-            optuna_study.set_user_attr("weights_hash", weights_hash)
-    elif attrs["exitnas_study_key"] != study.key():
-        raise CheckpointError(
-            f"study {study.name!r} in {url} was searched for another study file (key "
-            f"{attrs['exitnas_study_key']}); use another --storage"
-        )
-    elif weights_hash is not None and attrs.get("weights_hash") != weights_hash:
-        raise CheckpointError(
-            f"study {study.name!r} in {url} was searched with other supernet weights; the "
-            "supernet was retrained since: use another --storage"
-        )
+        optuna_study.set_user_attr("rules", list(study.search.rules))
+        if key is not None:
+            optuna_study.set_user_attr("evaluation_key", key)
+    _check_identity(optuna_study, study, url, key, rules=True)
+    return optuna_study
+
+
+def load_searched_study(study: StudyConfig, url: str, key: str | None = None) -> optuna.Study:
+    """Load (never create) the searched study of ``study`` from ``url`` and check it.
+
+    The exit rules are not compared: every trial records its rule, so reading a study back
+    does not depend on the study file's ``search`` section.
+    """
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ExitnasError(f"no study named {study.name!r} in {url}; run exitnas search")
+    try:
+        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(url))
+    except KeyError:
+        raise ExitnasError(f"no study named {study.name!r} in {url}; run exitnas search") from None
+    _check_identity(optuna_study, study, url, key, rules=False)
     return optuna_study
 
 
 def _optimize(
-    study_dict: dict, run_dir: str, url: str, trials: int, seed: int, threads: int
+    study_dict: dict, run_dir: str, url: str, trials: int, threads: int
 ) -> tuple[int, int, float]:
     """One worker process: run ``trials`` trials; return cache hits, misses, miss seconds."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = StudyConfig.from_dict(study_dict)
     evaluator = load_evaluator(study, Path(run_dir), url)
-    sampler = create_sampler(study.search.sampler, seed, study.search.population_size)
+    sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
     optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
     optuna_study.optimize(SearchObjective(evaluator, study.search.rules), n_trials=trials)
     return evaluator.hits, evaluator.misses, evaluator.miss_seconds
 
 
-def _front_stats(optuna_study: optuna.Study, reference: float) -> tuple[int, int, float]:
+def front_stats(optuna_study: optuna.Study, reference: float) -> tuple[int, int, float]:
+    """Completed trials, trials on the Pareto front, hypervolume."""
     trials = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not trials:
         return 0, 0, 0.0
     values = np.array([t.values for t in trials])
     front = int(pareto_mask(values[:, 0], values[:, 1]).sum())
     return len(trials), front, hypervolume_2d(values[:, 0], values[:, 1], reference)
+
+
+def refresh_bar(bar: Any, optuna_study: optuna.Study, reference: float, started: float):
+    """Set the bar's trials/s, front size and hypervolume; return :func:`front_stats`."""
+    complete, front, volume = front_stats(optuna_study, reference)
+    rate = bar.n / max(time.perf_counter() - started, 1e-9)
+    bar.set_postfix(trials_s=f"{rate:.1f}", front=front, hv=f"{volume:.1f}")
+    return complete, front, volume
 
 
 def run_search(
@@ -172,82 +235,56 @@ def run_search(
         progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume.
     """
     run_dir = Path(run_dir)
-    url = storage or study.search.storage or default_storage_url(run_dir)
-    trials = trials or study.search.trials
-    workers = max(1, min(workers, trials))
-    weights_hash = file_sha256(run_dir / WEIGHTS) if (run_dir / WEIGHTS).is_file() else None
-    load_supernet(run_dir, study)  # fail early, in the parent, on a missing or foreign supernet
-    optuna_study = open_study(study, url, None, weights_hash)
+    url = resolve_storage_url(storage, study.search.storage, run_dir)
+    trials = study.search.trials if trials is None else trials
+    if trials < 1 or workers < 1:
+        raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
+    workers = min(workers, trials)
+    evaluator = load_evaluator(study, run_dir, url)  # fails early on a missing supernet
+    sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
+    optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
     reference = reference_mflops(study)
-    before, _, _ = _front_stats(optuna_study, reference)
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    seeds = [study.seed * 1000 + before + i for i in range(workers)]  # new streams on resume
     started = time.perf_counter()
     bar = tqdm(total=trials, desc=f"search {study.name}", unit="trial", disable=not progress)
-    hits = misses = 0
-    miss_seconds = 0.0
     with bar:
         if workers == 1:
-            results = [_optimize_here(study, run_dir, url, trials, seeds[0], bar, reference)]
+            last = [0.0]
+
+            def tick(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                bar.update(1)
+                if time.perf_counter() - last[0] > 1.0:
+                    last[0] = time.perf_counter()
+                    refresh_bar(bar, s, reference, started)
+
+            objective = SearchObjective(evaluator, study.search.rules)
+            optuna_study.optimize(objective, n_trials=trials, callbacks=[tick])
+            results = [(evaluator.hits, evaluator.misses, evaluator.miss_seconds)]
         else:
+            before = front_stats(optuna_study, reference)[0]
+            threads = max(1, (os.cpu_count() or 1) // workers)
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=context) as pool:
                 futures = [
-                    pool.submit(_optimize, study.to_dict(), str(run_dir), url, n, seed, threads)
-                    for n, seed in zip(shares, seeds, strict=True)
+                    pool.submit(_optimize, study.to_dict(), str(run_dir), url, n, threads)
+                    for n in shares
                 ]
                 while not all(f.done() for f in futures):
                     time.sleep(0.5)
-                    _refresh(bar, optuna_study, reference, before, started)
+                    bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
+                    refresh_bar(bar, optuna_study, reference, started)
                 results = [f.result() for f in futures]
-        for h, m, s in results:
-            hits, misses, miss_seconds = hits + h, misses + m, miss_seconds + s
-        complete, front, volume = _refresh(bar, optuna_study, reference, before, started)
+        complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
+    hits, misses, miss_seconds = (sum(r[i] for r in results) for i in range(3))
     return SearchSummary(
         study_name=study.name,
         storage=url,
-        trials_added=complete - before,
+        trials_added=int(hits + misses),
         trials_complete=complete,
         pareto_size=front,
         hypervolume=round(volume, 4),
-        cache_hits=hits,
-        cache_misses=misses,
+        cache_hits=int(hits),
+        cache_misses=int(misses),
         seconds=round(time.perf_counter() - started, 2),
         seconds_per_miss=round(miss_seconds / misses, 4) if misses else 0.0,
     )
-
-
-def _refresh(bar: Any, optuna_study: optuna.Study, reference: float, before: int, started: float):
-    complete, front, volume = _front_stats(optuna_study, reference)
-    bar.n = complete - before
-    rate = bar.n / max(time.perf_counter() - started, 1e-9)
-    bar.set_postfix(trials_s=f"{rate:.1f}", front=front, hv=f"{volume:.1f}")
-    return complete, front, volume
-
-
-def _optimize_here(
-    study: StudyConfig, run_dir: Path, url: str, trials: int, seed: int, bar: Any, reference: float
-) -> tuple[int, int, float]:
-    """The single-worker case, in this process, refreshing the bar about once a second."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    evaluator = load_evaluator(study, run_dir, url)
-    sampler = create_sampler(study.search.sampler, seed, study.search.population_size)
-    optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
-    before = len(optuna_study.get_trials(deepcopy=False))
-    started, last = time.perf_counter(), 0.0
-
-    def callback(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal last
-        bar.update(1)
-        if time.perf_counter() - last > 1.0:
-            last = time.perf_counter()
-            complete, front, volume = _front_stats(s, reference)
-            rate = bar.n / max(last - started, 1e-9)
-            bar.set_postfix(trials_s=f"{rate:.1f}", front=front, hv=f"{volume:.1f}")
-
-    del before
-    optuna_study.optimize(
-        SearchObjective(evaluator, study.search.rules), n_trials=trials, callbacks=[callback]
-    )
-    return evaluator.hits, evaluator.misses, evaluator.miss_seconds

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import optuna
 
-from exitnas.search.rules import ExitRule
+from exitnas.search.rules import RULES, ExitRule
 from exitnas.spaces import BranchConfig, ExitConfig, SearchSpace, SubnetConfig
 
-__all__ = ["chain_label", "suggest"]
+__all__ = ["chain_label", "suggest", "trial_config"]
 
 
 def chain_label(chain: Sequence[tuple[int, int]]) -> str:
@@ -53,7 +53,7 @@ def suggest(
         branches.append(BranchConfig(resolution, patch, tuple(exits), keep, refine))
     reuse = _choose(trial, "reuse", space.reuse) if len(branches) > 1 else space.reuse[0]
     config = SubnetConfig(tuple(branches), reuse=reuse)
-    rule = _choose(trial, "rule", tuple(rules))
+    rule = trial.suggest_categorical("rule", list(rules))  # always recorded, even if alone
     thresholds = tuple(
         trial.suggest_float(f"t_b{b}_l{exit_.layer}", 0.0, 1.0) for b, exit_ in config.exits[:-1]
     )
@@ -63,3 +63,10 @@ def suggest(
 def _choose(trial: optuna.trial.BaseTrial, name: str, choices: Sequence):
     """A categorical parameter, or the only choice without asking."""
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def trial_config(
+    trial: optuna.trial.FrozenTrial, space: SearchSpace
+) -> tuple[SubnetConfig, ExitRule]:
+    """The sub-network and exit rule a finished trial evaluated, rebuilt from its parameters."""
+    return suggest(optuna.trial.FixedTrial(trial.params), space, RULES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,13 @@ import sqlalchemy as sa
 from exitnas.errors import ExitnasError
 from exitnas.search.store import SqlStore
 
-__all__ = ["StorageError", "default_storage_url", "open_storage", "open_store"]
+__all__ = [
+    "StorageError",
+    "default_storage_url",
+    "open_storage",
+    "open_store",
+    "resolve_storage_url",
+]
 
 SQLITE_TIMEOUT_S = 60
 
@@ -31,6 +38,11 @@ class StorageError(ExitnasError):
 
 def default_storage_url(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir) / 'study.db'}"
+
+
+def resolve_storage_url(storage: str | None, study_storage: str | None, run_dir: Path) -> str:
+    """``--storage``, else the study file's ``search.storage``, else the run's SQLite file."""
+    return storage or study_storage or default_storage_url(run_dir)
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -77,16 +89,27 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         if url.startswith("sqlite"):
             _prepare_sqlite(url)
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            except sa.exc.IntegrityError:
+                # processes opening a fresh database together race to create Optuna's
+                # schema; the loser finds it created on the next try
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except StorageError:
         raise
-    except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError, ValueError) as err:
+    except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError, ValueError, RuntimeError) as err:
         raise _failure(url, err) from None
 
 
 def open_store(url: str) -> SqlStore:
     """exitnas's evaluation cache in the same database as the study."""
     try:
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)
         return SqlStore(url, engine_kwargs=_engine_kwargs(url))
-    except (sa.exc.SQLAlchemyError, ImportError) as err:
+    except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError, ValueError) as err:
         raise _failure(url, err) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import io
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,7 +86,16 @@ class SqlStore(EvaluationStore):
 
     def __init__(self, url: str, engine_kwargs: dict | None = None):
         self.engine = sa.create_engine(url, **(engine_kwargs or {}))
-        self.upgrade()
+        for attempt in range(5):
+            try:
+                self.upgrade()
+                break
+            except (sa.exc.OperationalError, sa.exc.IntegrityError):
+                # SQLite: another process created the tables between our check and our
+                # CREATE; the next attempt sees them
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def upgrade(self) -> None:
         """Apply the migrations this database has not seen (safe to call from every worker).

@@ -24,9 +24,9 @@ from exitnas.reports import (
 )
 from exitnas.reports.cli import add_report_parser
 from exitnas.reports.figures import TITLES
-from exitnas.reports.info import trial_config
 from exitnas.search import hypervolume_2d, run_search
 from exitnas.search.runner import load_evaluator, reference_mflops
+from exitnas.search.space import trial_config
 
 TRIALS = 20
 
@@ -113,7 +113,7 @@ def test_exit_distribution_of_the_front(searched, info) -> None:
     trials = {t.number: t for t in optuna_study.trials}
     for point in points:
         assert sum(point.exit_fractions) == pytest.approx(1.0)
-        config, _ = trial_config(trials[point.trial_number], study, study.search.rules)
+        config, _ = trial_config(trials[point.trial_number], study.space)
         assert len(point.exit_labels) == len(point.exit_fractions) == config.num_exits
         assert all(re.fullmatch(r"b\d+/l\d+ \w+", label) for label in point.exit_labels)
 
@@ -128,7 +128,7 @@ def test_tradeoff_curve_of_the_most_accurate_point(searched, info) -> None:
     assert curve.s[i] == 0.5
     trial = optuna_study.trials[curve.trial_number]
     assert (curve.accuracy[i], curve.mflops[i]) == tuple(trial.values)  # its own thresholds
-    config, rule = trial_config(trial, study, study.search.rules)
+    config, rule = trial_config(trial, study.space)
     assert curve.thresholds == rule.thresholds and curve.rule == rule.rule
     table, _ = load_evaluator(study, run, url).table(config)
     assert curve.accuracy[-1] == pytest.approx(table.correct[-1].mean())  # all at the last exit

@@ -25,8 +25,9 @@ from exitnas.search.export import (
     read_front_json,
     select_point,
 )
-from exitnas.search.export_cli import add_export_parser, load_searched_study
+from exitnas.search.export_cli import add_export_parser
 from exitnas.search.objective import file_sha256
+from exitnas.search.runner import load_searched_study
 from exitnas.supernet import load_supernet
 from exitnas.supernet.train import WEIGHTS
 
@@ -96,7 +97,7 @@ def searched(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def front(searched) -> list[ParetoPoint]:
     study, _, url = searched
-    return pareto_points(load_searched_study(study, url), study.space, study.search.rules)
+    return pareto_points(load_searched_study(study, url), study.space)
 
 
 def test_pareto_points_are_the_sorted_front(searched, front) -> None:
@@ -113,12 +114,12 @@ def test_pareto_points_are_the_sorted_front(searched, front) -> None:
 def test_empty_and_missing_study(searched, tmp_path: Path) -> None:
     study, _, _ = searched
     url = f"sqlite:///{tmp_path / 'none.db'}"
-    with pytest.raises(ExportError, match="no study named 'tiny'.*run exitnas search"):
+    with pytest.raises(ExitnasError, match="no study named 'tiny'.*run exitnas search"):
         load_searched_study(study, url)
     assert not (tmp_path / "none.db").exists()
     empty = optuna.create_study(study_name="tiny", storage=url, directions=["maximize"] * 2)
     with pytest.raises(ExportError, match="'tiny' has no completed trials; run search"):
-        pareto_points(empty, study.space, study.search.rules)
+        pareto_points(empty, study.space)
 
 
 def _val_split(study):
@@ -275,7 +276,7 @@ def test_export_command(searched, front, tmp_path: Path, capsys) -> None:
     assert read_front_json(tmp_path / "f.json") == front
     with pytest.raises(ExportError, match=r"valid: 0\.\."):
         _cli(*base, "--out", str(tmp_path / "x"), "--pareto-index", "999")
-    with pytest.raises(ExportError, match="no study named"):
+    with pytest.raises(ExitnasError, match="no study named"):
         _cli("--study", str(run), "--storage", f"sqlite:///{tmp_path}/none.db", "--out", "y")
     with pytest.raises(SystemExit):
         _cli("--study", str(run), "--out", "z", "--select", "mflops<1", "--pareto-index", "0")

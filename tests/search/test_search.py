@@ -12,6 +12,7 @@ import pytest
 from exitnas.errors import CheckpointError
 from exitnas.search import ExitRule, StorageError, run_search, suggest
 from exitnas.search.runner import load_evaluator, open_study
+from exitnas.search.samplers import create_sampler
 from exitnas.search.storage import default_storage_url
 from exitnas.supernet.evaluate import predict_exits
 
@@ -98,6 +99,49 @@ def test_four_workers_add_exactly_the_requested_trials(trained_run, tmp_path: Pa
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert summary.trials_added == 40
     assert summary.cache_hits + summary.cache_misses == 40
+
+
+def test_trials_are_seeded_by_their_number(tmp_path: Path) -> None:
+    """Two processes sharing a study draw what one process draws for each trial number."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def draw(trial):
+        return trial.suggest_float("x", 0, 1), trial.suggest_categorical("c", list(range(50)))
+
+    alone = optuna.create_study(sampler=create_sampler("random", 5))
+    expected = [draw(alone.ask()) for _ in range(12)]
+    optuna.create_study(study_name="shared", storage=url)
+    handles = [
+        optuna.load_study(study_name="shared", storage=url, sampler=create_sampler("random", 5))
+        for _ in range(2)
+    ]
+    drawn = {}
+    for i in range(12):
+        trial = handles[i % 2].ask()  # the two "processes" take turns
+        drawn[trial.number] = draw(trial)
+    assert [drawn[n] for n in range(12)] == expected
+    assert len(set(expected)) == 12
+
+
+def test_same_seed_same_study(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    study = with_sampler(study, "nsga2")
+    runs = []
+    for name in ("a", "b"):
+        url = f"sqlite:///{tmp_path / name}.db"
+        run_search(study, run, trials=12, storage=url, progress=False)
+        runs.append(optuna.load_study(study_name="tiny", storage=url).trials)
+    assert [t.params for t in runs[0]] == [t.params for t in runs[1]]
+    assert [t.values for t in runs[0]] == [t.values for t in runs[1]]
+
+
+def test_a_study_refuses_other_rules(trained_run, tmp_path: Path) -> None:
+    study, run = trained_run
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_search(study, run, trials=2, storage=url, progress=False)
+    other = replace(study, search=replace(study.search, rules=("entropy",)))
+    with pytest.raises(CheckpointError, match="exit rules"):
+        run_search(other, run, trials=1, storage=url, progress=False)
 
 
 def test_storage_and_study_errors(trained_run, tmp_path: Path) -> None:

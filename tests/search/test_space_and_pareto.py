@@ -23,6 +23,7 @@ def test_fixed_trial_gives_the_expected_config(space) -> None:
         "b1_last_exit": 2,
         "b1_head_l2": "vit",
         "reuse": False,
+        "rule": "max_softmax",
         "t_b0_l2": 0.3,
         "t_b0_l3": 0.8,
     }
