@@ -64,8 +64,11 @@ def _study_with_data(args: argparse.Namespace):
 
 
 def _search(args: argparse.Namespace) -> int:
+    import optuna
+
     from exitnas.search import run_search
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     study = _study_with_data(args)
     if args.sampler:
         study = replace(study, search=replace(study.search, sampler=args.sampler))
