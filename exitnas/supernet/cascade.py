@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from exitnas.spaces.config import SubnetConfig
+from exitnas.spaces.space import BackboneSpace
 from exitnas.supernet.heads import ExitHead
 from exitnas.supernet.tokens import cells_attention, patch_grid, refine_tokens, run_block
 
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_NORM_LAYER",
     "BranchReuse",
     "CascadeState",
+    "backbone_block",
     "Stage",
     "plan_stages",
     "resize_images",
@@ -80,6 +82,24 @@ class CascadeState:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         picked = {k: None if v is None else v[index] for k, v in values.items()}
         return CascadeState(**picked)  # type: ignore[arg-type]
+
+
+def backbone_block(
+    backbone: BackboneSpace,
+    norm_layer: Callable[..., nn.Module],
+    act_layer: Callable[..., nn.Module],
+    drop_path: float = 0.0,
+) -> Block:
+    """One shared transformer block of the backbone (timm's ``Block``)."""
+    return Block(
+        backbone.embed_dim,
+        backbone.num_heads,
+        backbone.mlp_ratio,
+        qkv_bias=backbone.qkv_bias,
+        drop_path=drop_path,
+        norm_layer=norm_layer,  # type: ignore[arg-type]
+        act_layer=act_layer,  # type: ignore[arg-type]
+    )
 
 
 def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from exitnas.supernet.cascade import (
     DEFAULT_NORM_LAYER,
     BranchReuse,
     CascadeRunner,
+    backbone_block,
     resize_images,
 )
 from exitnas.supernet.heads import ExitHead, create_space_head
@@ -72,17 +73,7 @@ class ExitViT(CascadeRunner):
             BranchEmbed(space.in_chans, dim, br.resolution, br.patch_size) for br in config.branches
         )
         depth = max(branch.depth for branch in config.branches)
-        self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                bb.num_heads,
-                bb.mlp_ratio,
-                qkv_bias=bb.qkv_bias,
-                norm_layer=norm_layer,  # type: ignore[arg-type]
-                act_layer=act_layer,  # type: ignore[arg-type]
-            )
-            for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(backbone_block(bb, norm_layer, act_layer) for _ in range(depth))
         self.heads = nn.ModuleList(
             create_space_head(exit_.head, space, norm_layer, act_layer) for _, exit_ in config.exits
         )

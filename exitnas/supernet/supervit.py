@@ -23,7 +23,13 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from exitnas.spaces import SearchSpace, SubnetConfig
-from exitnas.supernet.cascade import DEFAULT_NORM_LAYER, BranchReuse, CascadeRunner, resize_images
+from exitnas.supernet.cascade import (
+    DEFAULT_NORM_LAYER,
+    BranchReuse,
+    CascadeRunner,
+    backbone_block,
+    resize_images,
+)
 from exitnas.supernet.heads import ExitHead, create_space_head
 
 if TYPE_CHECKING:
@@ -74,16 +80,7 @@ class SuperViT(CascadeRunner):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         rates = np.linspace(0.0, bb.drop_path_rate, bb.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                bb.num_heads,
-                bb.mlp_ratio,
-                qkv_bias=bb.qkv_bias,
-                drop_path=rate,
-                norm_layer=norm_layer,  # type: ignore[arg-type]
-                act_layer=act_layer,  # type: ignore[arg-type]
-            )
-            for rate in rates
+            backbone_block(bb, norm_layer, act_layer, drop_path=rate) for rate in rates
         )
         self.heads = nn.ModuleDict(
             {
