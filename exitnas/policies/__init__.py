@@ -1,0 +1,51 @@
+"""Exit policies, device profiles and latency models.
+
+A learned exit policy and the oracle on cached per-exit logits, trade-off curves, per-stage
+latency profiles of a device, and a latency model fitted on them.
+"""
+
+from exitnas.policies.latency import StageLatencyModel
+from exitnas.policies.learned import (
+    FEATURES,
+    TARGETS,
+    LearnedExitPolicy,
+    calibrate_thresholds,
+    exit_features,
+)
+from exitnas.policies.profile import (
+    DeviceProfile,
+    HostInfo,
+    ProfileError,
+    StageFeatures,
+    StageTiming,
+    measure_stage_latencies,
+    stage_features,
+)
+from exitnas.policies.tradeoff import (
+    TradeoffCurve,
+    TradeoffCurves,
+    area_between,
+    oracle_exits,
+    tradeoff_curve,
+)
+
+__all__ = [
+    "FEATURES",
+    "TARGETS",
+    "DeviceProfile",
+    "HostInfo",
+    "LearnedExitPolicy",
+    "ProfileError",
+    "StageFeatures",
+    "StageLatencyModel",
+    "StageTiming",
+    "TradeoffCurve",
+    "TradeoffCurves",
+    "area_between",
+    "calibrate_thresholds",
+    "exit_features",
+    "measure_stage_latencies",
+    "oracle_exits",
+    "stage_features",
+    "tradeoff_curve",
+]

@@ -1,0 +1,344 @@
+"""Measured latency of each stage of a sub-network on one device.
+
+A sample that leaves at exit *k* pays stages 1..k, so the latency model works per stage.
+:func:`measure_stage_latencies` times each stage of an extracted :class:`ExitViT` on its own
+(the state it starts from is prepared outside the timed region) at a few batch sizes, and
+records, beside the timings, the stage's descriptive features (FLOPs, blocks, tokens, head...)
+that :class:`~exitnas.policies.latency.StageLatencyModel` learns from. A
+:class:`DeviceProfile` bundles the timings with the host they were taken on and saves as JSON.
+
+Example:
+    >>> model = SuperViT(space).extract(config)
+    >>> timings = measure_stage_latencies(model, images, batch_sizes=(1, 32), threads=2)
+    >>> profile = DeviceProfile.create(timings, device="cpu", study_key=key, weights_hash=h)
+    >>> profile.save("profiles/cpu.json")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitnas.errors import ExitnasError
+from exitnas.spaces import SearchSpace, SubnetConfig
+from exitnas.supernet.cascade import CascadeState, plan_stages
+from exitnas.supernet.checkpoint import atomic_write
+from exitnas.supernet.flops import count_flops
+from exitnas.supernet.subnet import ExitViT
+from exitnas.supernet.tokens import informative_count, kept_count
+
+__all__ = [
+    "DeviceProfile",
+    "HostInfo",
+    "ProfileError",
+    "StageFeatures",
+    "StageTiming",
+    "measure_stage_latencies",
+    "stage_features",
+]
+
+PROFILE_FORMAT = "exitnas.device_profile"
+PROFILE_VERSION = 1
+
+
+class ProfileError(ExitnasError, ValueError):
+    """A device profile file is missing, corrupt, or not a device profile."""
+
+
+@dataclass(frozen=True)
+class StageFeatures:
+    """What one stage of a config does, at one batch size: the latency model's inputs."""
+
+    config_key: str  # SubnetConfig.key() of the config the stage belongs to
+    stage: int  # index of the stage in cascade order (0-based)
+    batch_size: int  # images run through the stage at once
+    flops: int  # analytic FLOPs per image of the stage (count_flops)
+    blocks: int  # backbone blocks the stage runs
+    tokens: int  # sequence length entering the first block (class token + patch tokens)
+    opens_branch: bool  # the stage embeds a new branch (and its reuse of the previous one)
+    grid: int  # tokens per side of the branch's full grid
+    head: str  # head type of the stage's exit
+    keep_rate: float  # the branch's EViT keep rate (1.0: no token dropping)
+    refine_fraction: float  # the branch's CF-ViT re-split fraction, 0.0 for a full grid
+    embed_dim: int  # width of the backbone
+
+    def signature(self) -> tuple:
+        """Identity of the stage's workload regardless of batch size (for grouped splits)."""
+        skip = {"config_key", "stage", "batch_size"}
+        return tuple(getattr(self, f.name) for f in fields(StageFeatures) if f.name not in skip)
+
+
+@dataclass(frozen=True)
+class StageTiming(StageFeatures):
+    """Measured wall-clock latency of one stage at one batch size, in milliseconds."""
+
+    median_ms: float  # median of the timed runs
+    p10_ms: float  # 10th percentile of the timed runs
+    p90_ms: float  # 90th percentile of the timed runs
+
+
+def stage_features(
+    space: SearchSpace, config: SubnetConfig, batch_size: int = 1
+) -> list[StageFeatures]:
+    """Describe every stage of ``config`` (no measurement): what the latency model predicts from.
+
+    Args:
+        space: the search space ``config`` belongs to.
+        config: the sub-network.
+        batch_size: batch size the stages run at.
+
+    Returns:
+        One :class:`StageFeatures` per stage, in cascade order.
+    """
+    flops = count_flops(space, config)
+    keep_layers = set(space.keep_layers)
+    key = config.key()
+    out: list[StageFeatures] = []
+    tokens = 0  # patch tokens of the current branch (mirrors count_flops)
+    for i, stage in enumerate(plan_stages(config)):
+        branch = config.branches[stage.branch]
+        if stage.start == 0:
+            tokens = branch.grid**2
+            if branch.refine_fraction is not None:
+                prev = config.branches[stage.branch - 1]
+                split = informative_count(branch.refine_fraction, prev.grid**2)
+                scale = branch.grid // prev.grid
+                tokens = prev.grid**2 - split + split * scale * scale
+        entering = tokens + 1
+        for layer in range(stage.start, stage.end):
+            if layer + 1 in keep_layers and branch.keep_rate < 1.0:
+                kept = kept_count(branch.keep_rate, tokens)
+                tokens = kept + 1 if kept < tokens else tokens
+        out.append(
+            StageFeatures(
+                config_key=key,
+                stage=i,
+                batch_size=batch_size,
+                flops=flops[i],
+                blocks=stage.end - stage.start,
+                tokens=entering,
+                opens_branch=stage.start == 0,
+                grid=branch.grid,
+                head=branch.exits[stage.exit].head,
+                keep_rate=branch.keep_rate,
+                refine_fraction=branch.refine_fraction or 0.0,
+                embed_dim=space.backbone.embed_dim,
+            )
+        )
+    return out
+
+
+def _batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``batch_size`` images taken from ``images``, repeated cyclically when there are fewer."""
+    reps = -(-batch_size // images.shape[0])
+    return images.repeat(reps, 1, 1, 1)[:batch_size].contiguous()
+
+
+def measure_stage_latencies(
+    model: ExitViT,
+    images: torch.Tensor,
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+) -> list[StageTiming]:
+    """Time every stage of ``model`` on its own, at each batch size.
+
+    For each batch size the input state of each stage is produced by running the stages before
+    it, outside the timed region; then every stage runs ``warmup`` times untimed and ``repeats``
+    times timed, round-robin over the stages (so a burst of load from another process does not
+    land on one stage alone), in eval mode under ``torch.inference_mode()``. The model's
+    training flag and torch's thread count are restored afterwards.
+
+    Args:
+        model: an extracted sub-network (on the device to profile).
+        images: ``(n, in_chans, H, W)`` normalised images, repeated or cut to each batch size.
+        batch_sizes: batch sizes to time.
+        warmup: untimed runs of every stage before timing, at each batch size.
+        repeats: timed runs of each (stage, batch size); at least 1.
+        threads: torch intra-op threads while timing; the current count when None.
+
+    Returns:
+        One :class:`StageTiming` per (stage, batch size), stages in cascade order within each
+        batch size.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be positive, got {tuple(batch_sizes)}")
+    stages = plan_stages(model.config)
+    device = next(model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    previous_threads, was_training = torch.get_num_threads(), model.training
+    timings: list[StageTiming] = []
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model.eval()
+        with torch.inference_mode():
+            for bs in batch_sizes:
+                states = [CascadeState(images=_batch(images, bs).to(device))]
+                for stage in stages:  # each stage's input, prepared untimed
+                    states.append(model.run_stage(stage, states[-1]))
+                for _ in range(warmup):
+                    for stage, state in zip(stages, states, strict=False):
+                        model.run_stage(stage, state)
+                sync()
+                # Round-robin over the stages: a burst of contention from another process is
+                # spread over every stage's samples instead of spoiling one stage's median.
+                samples = np.zeros((repeats, len(stages)))
+                for r in range(repeats):
+                    for i, (stage, state) in enumerate(zip(stages, states, strict=False)):
+                        start = time.perf_counter()
+                        model.run_stage(stage, state)
+                        sync()
+                        samples[r, i] = (time.perf_counter() - start) * 1e3
+                p10, median, p90 = np.percentile(samples, [10, 50, 90], axis=0)
+                for i, feats in enumerate(stage_features(model.space, model.config, bs)):
+                    timings.append(
+                        StageTiming(
+                            **asdict(feats),
+                            median_ms=float(median[i]),
+                            p10_ms=float(p10[i]),
+                            p90_ms=float(p90[i]),
+                        )
+                    )
+    finally:
+        torch.set_num_threads(previous_threads)
+        model.train(was_training)
+    return timings
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """The machine a profile was measured on."""
+
+    platform: str  # platform.platform(), e.g. "Linux-6.1-x86_64-with-glibc2.36"
+    processor: str  # platform.processor() or machine type
+    cpu_count: int  # logical CPUs visible to the process
+    torch_version: str  # torch.__version__
+    threads: int  # torch intra-op threads used while timing
+
+    @classmethod
+    def current(cls, threads: int | None = None) -> HostInfo:
+        """Describe this machine; ``threads`` defaults to torch's current thread count."""
+        return cls(
+            platform=platform.platform(),
+            processor=platform.processor() or platform.machine(),
+            cpu_count=os.cpu_count() or 0,
+            torch_version=torch.__version__,
+            threads=threads if threads is not None else torch.get_num_threads(),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Per-stage timings of sub-networks of one study on one device, with their provenance."""
+
+    device: str  # name of the device profiled, e.g. "cpu", "cuda:0 (NVIDIA H100)"
+    host: HostInfo  # the machine the timings were taken on
+    study_key: str  # StudyConfig.key() of the study whose space was profiled
+    weights_hash: str  # hash of the supernet weights ("" when untrained: latency ignores them)
+    created: str  # ISO 8601 UTC time of creation
+    timings: tuple[StageTiming, ...]  # every measured (stage, batch size)
+
+    @classmethod
+    def create(
+        cls,
+        timings: Sequence[StageTiming],
+        *,
+        device: str,
+        study_key: str,
+        weights_hash: str = "",
+        threads: int | None = None,
+    ) -> DeviceProfile:
+        """A profile of ``timings`` taken now on this host.
+
+        Args:
+            timings: from :func:`measure_stage_latencies`.
+            device: name of the device profiled.
+            study_key: key of the study whose space was profiled.
+            weights_hash: hash of the supernet weights, if any.
+            threads: torch threads used while timing (torch's current count by default).
+        """
+        return cls(
+            device=device,
+            host=HostInfo.current(threads),
+            study_key=study_key,
+            weights_hash=weights_hash,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            timings=tuple(timings),
+        )
+
+    def to_json(self) -> str:
+        """The profile as a JSON document (with a format tag and version)."""
+        data: dict[str, Any] = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION}
+        data.update(asdict(self))
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "profile") -> DeviceProfile:
+        """Parse :meth:`to_json`'s output.
+
+        Raises:
+            ProfileError: ``text`` is not JSON or not a device profile of this version.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ProfileError(f"{where} is not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{where} is not an exitnas device profile")
+        if data.get("version") != PROFILE_VERSION:
+            raise ProfileError(
+                f"{where} has profile version {data.get('version')!r}; "
+                f"this exitnas reads version {PROFILE_VERSION}"
+            )
+        try:
+            return cls(
+                device=str(data["device"]),
+                host=HostInfo(**data["host"]),
+                study_key=str(data["study_key"]),
+                weights_hash=str(data["weights_hash"]),
+                created=str(data["created"]),
+                timings=tuple(StageTiming(**t) for t in data["timings"]),
+            )
+        except (KeyError, TypeError) as err:
+            raise ProfileError(f"{where} is corrupt or incomplete ({err!r})") from None
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the profile atomically (temporary file, then rename).
+
+        Raises:
+            ProfileError: ``path`` exists and ``overwrite`` is False.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ProfileError(f"{path} exists; pass overwrite=True to replace it")
+        text = self.to_json()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DeviceProfile:
+        """Read a profile written by :meth:`save`.
+
+        Raises:
+            ProfileError: the file is missing, unreadable, corrupt or not a device profile.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ProfileError(f"cannot read device profile {path} ({err})") from None
+        return cls.from_json(text, where=str(path))
