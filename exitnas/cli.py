@@ -149,11 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(handler=_search)
 
+    from exitnas.policies.profile_cli import add_profile_parser
     from exitnas.reports.cli import add_report_parser
     from exitnas.search.export_cli import add_export_parser
 
     add_export_parser(commands)
     add_report_parser(commands)
+    add_profile_parser(commands)
     return parser
 
 

@@ -4,6 +4,8 @@
 :class:`SqlStore` implements it with SQLAlchemy Core on any SQLAlchemy URL (SQLite by default,
 PostgreSQL for several hosts). Its schema is versioned from the start: numbered migrations
 run through alembic's ``Operations`` and the applied version is kept in ``exitnas_schema``.
+:class:`ProfileStore` is the second interface, for the per-stage device profiles of a study
+(:class:`~exitnas.policies.profile.DeviceProfile`); :class:`SqlStore` implements both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
@@ -22,7 +25,18 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
-__all__ = ["CachedEvaluation", "EvaluationStore", "SqlStore"]
+from exitnas.errors import ExitnasError
+
+if TYPE_CHECKING:  # exitnas.policies imports exitnas.search: import it where it is used
+    from exitnas.policies.profile import DeviceProfile
+
+__all__ = ["CachedEvaluation", "EvaluationStore", "ProfileExistsError", "ProfileStore", "SqlStore"]
+
+NAME_LENGTH = 200  # longest study or device name the profiles table holds
+
+
+class ProfileExistsError(ExitnasError):
+    """A device is already profiled for a study and replacing it was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,33 @@ class EvaluationStore(abc.ABC):
         """Architectures cached for these weights."""
 
 
+class ProfileStore(abc.ABC):
+    """Per-stage latency profiles of a study's sub-networks, one per ``(study, device)``.
+
+    Lifecycle: open once per process; :meth:`put_profile` after measuring (or importing) a
+    device, :meth:`get_profile` / :meth:`list_devices` when fitting latency models. A stored
+    profile is replaced only when asked for.
+    """
+
+    @abc.abstractmethod
+    def put_profile(
+        self, study_name: str, profile: DeviceProfile, *, replace: bool = False
+    ) -> None:
+        """Store ``profile`` under ``(study_name, profile.device)``.
+
+        Raises:
+            ProfileExistsError: that device is profiled for the study and ``replace`` is False.
+        """
+
+    @abc.abstractmethod
+    def get_profile(self, study_name: str, device: str) -> DeviceProfile | None:
+        """The stored profile of ``device``, or None."""
+
+    @abc.abstractmethod
+    def list_devices(self, study_name: str) -> list[str]:
+        """Devices profiled for the study, sorted by name."""
+
+
 def _migration_1(op: Operations) -> None:
     op.create_table(
         "exitnas_evaluations",
@@ -65,7 +106,19 @@ def _migration_1(op: Operations) -> None:
     )
 
 
-MIGRATIONS = (_migration_1,)  # append only; index + 1 is the schema version
+def _migration_2(op: Operations) -> None:
+    op.create_table(
+        "exitnas_device_profiles",
+        sa.Column("study_name", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("device", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("study_key", sa.String(32), nullable=False),
+        sa.Column("weights_hash", sa.String(64), nullable=False),
+        sa.Column("created", sa.String(40), nullable=False),  # ISO 8601 UTC
+        sa.Column("profile", sa.Text, nullable=False),  # DeviceProfile.to_json()
+    )
+
+
+MIGRATIONS = (_migration_1, _migration_2)  # append only; index + 1 is the schema version
 POSTGRES_MIGRATION_LOCK = 0x65786974  # pg_advisory_xact_lock key ("exit") for upgrade()
 
 _metadata = sa.MetaData()
@@ -79,10 +132,21 @@ _evaluations = sa.Table(
     sa.Column("logits", sa.LargeBinary),
     sa.Column("seconds", sa.Float),
 )
+_profiles = sa.Table(
+    "exitnas_device_profiles",
+    _metadata,
+    sa.Column("study_name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("device", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("study_key", sa.String(32)),
+    sa.Column("weights_hash", sa.String(64)),
+    sa.Column("created", sa.String(40)),
+    sa.Column("profile", sa.Text),
+)
 
 
-class SqlStore(EvaluationStore):
-    """:class:`EvaluationStore` on an SQLAlchemy URL (the study's own database)."""
+class SqlStore(EvaluationStore, ProfileStore):
+    """:class:`EvaluationStore` and :class:`ProfileStore` on an SQLAlchemy URL (the study's
+    own database)."""
 
     def __init__(self, url: str, engine_kwargs: dict | None = None):
         self.engine = sa.create_engine(url, **(engine_kwargs or {}))
@@ -154,6 +218,57 @@ class SqlStore(EvaluationStore):
         query = sa.select(sa.func.count()).where(_evaluations.c.weights_hash == weights_hash)
         with self._transaction() as conn:
             return int(conn.execute(query).scalar() or 0)
+
+    def put_profile(
+        self, study_name: str, profile: DeviceProfile, *, replace: bool = False
+    ) -> None:
+        if not profile.device or len(profile.device) > NAME_LENGTH:
+            raise ValueError(f"device name must have 1..{NAME_LENGTH} characters")
+        if len(study_name) > NAME_LENGTH:
+            raise ValueError(f"study name must have at most {NAME_LENGTH} characters")
+        key = (_profiles.c.study_name == study_name, _profiles.c.device == profile.device)
+        values = {
+            "study_name": study_name,
+            "device": profile.device,
+            "study_key": profile.study_key,
+            "weights_hash": profile.weights_hash,
+            "created": profile.created,
+            "profile": profile.to_json(),
+        }
+        exists = ProfileExistsError(
+            f"device {profile.device!r} is already profiled for study {study_name!r}; "
+            "pass --replace (replace=True) to replace its profile"
+        )
+        try:
+            with self._transaction() as conn:
+                if conn.execute(sa.select(sa.func.count()).where(*key)).scalar():
+                    if not replace:
+                        raise exists
+                    conn.execute(_profiles.delete().where(*key))
+                conn.execute(_profiles.insert().values(**values))
+        except sa.exc.IntegrityError:
+            raise exists from None  # another process stored the same device in between
+
+    def get_profile(self, study_name: str, device: str) -> DeviceProfile | None:
+        from exitnas.policies.profile import DeviceProfile
+
+        query = sa.select(_profiles.c.profile).where(
+            _profiles.c.study_name == study_name, _profiles.c.device == device
+        )
+        with self._transaction() as conn:
+            text = conn.execute(query).scalar()
+        if text is None:
+            return None
+        return DeviceProfile.from_json(text, where=f"stored profile of device {device!r}")
+
+    def list_devices(self, study_name: str) -> list[str]:
+        query = (
+            sa.select(_profiles.c.device)
+            .where(_profiles.c.study_name == study_name)
+            .order_by(_profiles.c.device)
+        )
+        with self._transaction() as conn:
+            return [str(d) for d in conn.execute(query).scalars()]
 
 
 def _pack(array: np.ndarray) -> bytes:

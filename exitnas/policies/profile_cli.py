@@ -1,0 +1,319 @@
+"""``exitnas profile``: per-stage latency profiles of a searched study, kept in its database.
+
+By default the command times every stage of the study's Pareto-front configs (plus a few
+configs sampled from the space, so a latency model has enough distinct stages to learn from)
+on this machine and stores the :class:`~exitnas.policies.profile.DeviceProfile` under
+``--device`` in the study's database. ``--export`` / ``--import`` move a stored profile to and
+from a JSON file (for devices profiled elsewhere); ``--evaluate`` reports how well a
+:class:`~exitnas.policies.latency.StageLatencyModel` predicts held-out stages of a profile.
+
+Registered on the main parser by :func:`add_profile_parser`; the handler returns the exit code
+and raises :class:`~exitnas.errors.ExitnasError` subclasses for anything the user can fix.
+
+Example:
+    exitnas profile --study runs/quickstart --device laptop-cpu --threads 2
+    exitnas profile --study runs/quickstart --device laptop-cpu --evaluate
+    exitnas profile --study runs/quickstart --device laptop-cpu --export laptop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from exitnas.policies.profile import DeviceProfile, ProfileError
+
+__all__ = ["MIN_CONFIGS", "add_profile_parser"]
+
+MIN_CONFIGS = 15  # configs profiled by default (front + sampled): enough for the latency model
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _unknown_device(store: Any, study_name: str, device: str, url: str) -> ProfileError:
+    devices = store.list_devices(study_name)
+    known = ", ".join(repr(d) for d in devices) if devices else "none yet (run exitnas profile)"
+    return ProfileError(
+        f"no profile of device {device!r} for study {study_name!r} in {url}; profiled: {known}"
+    )
+
+
+def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: str) -> int:
+    """Default mode: time the front's configs and sampled ones, store the profile."""
+    import numpy as np
+    import optuna
+    import torch
+    from tqdm.auto import tqdm
+
+    from exitnas.policies.profile import measure_stage_latencies
+    from exitnas.search.export import pareto_points
+    from exitnas.search.objective import file_sha256
+    from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
+    from exitnas.search.storage import open_store
+    from exitnas.search.store import ProfileExistsError
+    from exitnas.supernet.batches import normalize
+    from exitnas.supernet.train import WEIGHTS
+
+    try:
+        device = torch.device(args.torch_device)
+    except RuntimeError:
+        raise ProfileError(f"--torch-device: unknown torch device {args.torch_device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProfileError(f"--torch-device {args.torch_device}: CUDA is not available here")
+    splits = load_validation(study)
+    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    store = open_store(url)  # after the study check: a wrong URL creates no database
+    if store.get_profile(study.name, args.device) is not None and not args.replace:
+        raise ProfileExistsError(
+            f"device {args.device!r} is already profiled for study {study.name!r} in {url}; "
+            "pass --replace to measure it again"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs = {p.config.key(): p.config for p in pareto_points(optuna_study, study.space)}
+    extra = max(0, MIN_CONFIGS - len(configs)) if args.configs is None else args.configs
+    rng = np.random.default_rng(study.seed)
+    wanted = len(configs) + extra
+    for _ in range(50 * extra):  # a tiny space may hold fewer distinct configs than asked
+        if len(configs) >= wanted:
+            break
+        config = study.space.sample(rng)
+        configs.setdefault(config.key(), config)
+    images = normalize(splits.val.images[: max(args.batch_sizes)], splits.mean, splits.std)
+    started = time.perf_counter()
+    timings = []
+    bar = tqdm(configs.values(), desc=f"profile {args.device}", unit="config")
+    for config in bar:
+        subnet = model.extract(config).to(device)
+        timings += measure_stage_latencies(
+            subnet,
+            images,
+            batch_sizes=args.batch_sizes,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
+    profile = DeviceProfile.create(
+        timings,
+        device=args.device,
+        study_key=study.key(),
+        weights_hash=file_sha256(run / WEIGHTS),
+        threads=args.threads,
+    )
+    store.put_profile(study.name, profile, replace=args.replace)
+    sizes = ",".join(str(b) for b in args.batch_sizes)
+    print(
+        f"profiled device {args.device!r} for study {study.name!r}: {len(timings)} stages timed "
+        f"({len(configs)} configs, batch sizes {sizes}, {args.threads} threads) in "
+        f"{time.perf_counter() - started:.1f} s -> {url}"
+    )
+    return 0
+
+
+def _import(args: argparse.Namespace, run: Path, study: Any, url: str) -> int:
+    from exitnas.search.objective import file_sha256
+    from exitnas.search.runner import load_searched_study
+    from exitnas.search.storage import open_store
+    from exitnas.supernet.train import WEIGHTS
+
+    path = Path(args.import_path)
+    profile = DeviceProfile.load(path)
+    weights_hash = file_sha256(run / WEIGHTS)
+    differs = []
+    if profile.study_key != study.key():
+        differs.append(f"study key {profile.study_key}, this study's is {study.key()}")
+    if profile.weights_hash != weights_hash:
+        differs.append(
+            f"supernet weights sha256 {profile.weights_hash[:12] or '(none)'}..., this run's "
+            f"is {weights_hash[:12]}..."
+        )
+    if differs:
+        raise ProfileError(
+            f"{path} was profiled for another study or supernet than {run} "
+            f"({'; '.join(differs)}); profile this run instead"
+        )
+    load_searched_study(study, url)  # the study must be in this database
+    profile = replace(profile, device=args.device)
+    open_store(url).put_profile(study.name, profile, replace=args.replace)
+    print(
+        f"imported {path} as device {args.device!r} of study {study.name!r}: "
+        f"{len(profile.timings)} stages timed -> {url}"
+    )
+    return 0
+
+
+def _stored(args: argparse.Namespace, study: Any, url: str) -> DeviceProfile:
+    from exitnas.search.runner import load_searched_study
+    from exitnas.search.storage import open_store
+
+    load_searched_study(study, url)  # a missing database or study: a clear error, no new file
+    store = open_store(url)
+    profile = store.get_profile(study.name, args.device)
+    if profile is None:
+        raise _unknown_device(store, study.name, args.device, url)
+    return profile
+
+
+def _export(args: argparse.Namespace, study: Any, url: str) -> int:
+    profile = _stored(args, study, url)
+    profile.save(args.export)
+    print(
+        f"exported profile of device {args.device!r} ({len(profile.timings)} stages) -> "
+        f"{args.export}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, study: Any, url: str) -> int:
+    from exitnas.policies.latency import StageLatencyModel
+
+    profile = _stored(args, study, url)
+    try:
+        scores = StageLatencyModel().evaluate(profile.timings)
+    except ValueError as err:
+        raise ProfileError(f"profile of device {args.device!r}: {err}") from None
+    print(
+        f"latency model on device {args.device!r}: held-out MdAPE {scores['mdape']:.1%} "
+        f"({scores['n_train']} train / {scores['n_test']} test stage timings)"
+    )
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from exitnas.search.storage import resolve_storage_url
+    from exitnas.supernet import load_supernet
+
+    if not args.device.strip():
+        raise ProfileError("--device: give the profiled device a name, e.g. laptop-cpu")
+    run = Path(args.study)
+    model, study = load_supernet(run)
+    if args.data is not None:
+        study = replace(study, data=replace(study.data, path=str(args.data)))
+    url = resolve_storage_url(args.storage, study.search.storage, run)
+    if args.export is not None:
+        return _export(args, study, url)
+    if args.import_path is not None:
+        return _import(args, run, study, url)
+    if args.evaluate:
+        return _evaluate(args, study, url)
+    return _measure(args, run, study, model, url)
+
+
+def add_profile_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``exitnas profile`` on the main parser's subcommands.
+
+    Args:
+        commands: what ``ArgumentParser.add_subparsers`` returned.
+
+    Returns:
+        The ``profile`` parser (its handler is set as ``handler``).
+    """
+    profile = commands.add_parser(
+        "profile",
+        help="time every stage of a study's sub-networks on this device (or move/evaluate a "
+        "stored device profile)",
+    )
+    profile.add_argument(
+        "--study",
+        type=Path,
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder, e.g. runs/quickstart",
+    )
+    profile.add_argument(
+        "--device",
+        required=True,
+        metavar="NAME",
+        help="name the profile is stored under, e.g. laptop-cpu",
+    )
+    profile.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL (default: the search's, sqlite:///RUN_DIR/study.db)",
+    )
+    mode = profile.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--export", type=Path, metavar="PATH", help="write the stored profile to this JSON file"
+    )
+    mode.add_argument(
+        "--import",
+        dest="import_path",
+        metavar="PATH",
+        type=Path,
+        help="store a profile file (of this study and supernet) under --device",
+    )
+    mode.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="held-out error (MdAPE) of a latency model fitted on the stored profile",
+    )
+    profile.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=(1, 32),
+        metavar="B1,B2",
+        help="comma-separated (default 1,32)",
+    )
+    profile.add_argument(
+        "--repeats",
+        type=_count(1),
+        default=10,
+        metavar="N",
+        help="timed runs per stage (default 10)",
+    )
+    profile.add_argument(
+        "--warmup",
+        type=_count(0),
+        default=3,
+        metavar="N",
+        help="untimed runs per stage first (default 3)",
+    )
+    profile.add_argument(
+        "--threads",
+        type=_count(1),
+        default=1,
+        metavar="N",
+        help="torch threads while timing (default 1)",
+    )
+    profile.add_argument(
+        "--configs",
+        type=_count(0),
+        metavar="N",
+        help=f"configs sampled beside the Pareto front's (default: up to {MIN_CONFIGS} in all)",
+    )
+    profile.add_argument(
+        "--torch-device",
+        default="cpu",
+        metavar="DEVICE",
+        help="torch device the stages run on (default cpu)",
+    )
+    profile.add_argument(
+        "--replace", action="store_true", help="replace a stored profile of --device"
+    )
+    profile.add_argument(
+        "--data", type=Path, metavar="PATH", help="image folder or tar tree; overrides data.path"
+    )
+    profile.set_defaults(handler=_profile)
+    return profile
