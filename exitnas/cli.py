@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from exitnas.argtypes import at_least
 from exitnas.errors import ExitnasError
 from exitnas.spaces.study import SAMPLERS
 
@@ -105,13 +106,6 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exitnas",
@@ -136,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         "search", help="multi-objective search over sub-networks and exit thresholds"
     )
     search.add_argument("study", type=Path, help="study YAML file")
-    search.add_argument("--trials", type=_positive, help="trials to add (default: search.trials)")
+    search.add_argument("--trials", type=at_least(1), help="trials to add (default: search.trials)")
     search.add_argument(
         "--storage", help="SQLAlchemy URL (default: sqlite:///runs/<study>/study.db)"
     )
-    search.add_argument("--workers", type=_positive, default=1, help="processes sharing the study")
+    search.add_argument(
+        "--workers", type=at_least(1), default=1, help="processes sharing the study"
+    )
     search.add_argument("--sampler", choices=SAMPLERS, help="override")
     search.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
     search.add_argument("--ray-address", help="Ray cluster address (default: start one here)")

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from exitnas.argtypes import at_least
 from exitnas.policies.profile import DeviceProfile, ProfileError
 
 __all__ = ["MIN_CONFIGS", "add_profile_parser"]
@@ -41,16 +42,6 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
     return tuple(dict.fromkeys(sizes))
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _unknown_device(store: Any, study_name: str, device: str, url: str) -> ProfileError:
@@ -278,28 +269,28 @@ def add_profile_parser(commands: Any) -> argparse.ArgumentParser:
     )
     profile.add_argument(
         "--repeats",
-        type=_count(1),
+        type=at_least(1),
         default=10,
         metavar="N",
         help="timed runs per stage (default 10)",
     )
     profile.add_argument(
         "--warmup",
-        type=_count(0),
+        type=at_least(0),
         default=3,
         metavar="N",
         help="untimed runs per stage first (default 3)",
     )
     profile.add_argument(
         "--threads",
-        type=_count(1),
+        type=at_least(1),
         default=1,
         metavar="N",
         help="torch threads while timing (default 1)",
     )
     profile.add_argument(
         "--configs",
-        type=_count(0),
+        type=at_least(0),
         metavar="N",
         help=f"configs sampled beside the Pareto front's (default: up to {MIN_CONFIGS} in all)",
     )
