@@ -2,20 +2,21 @@
 
 :class:`StageLatencyModel` learns, from a device profile's measured stages
 (:func:`~exitnas.policies.profile.measure_stage_latencies`), the median latency of a stage from
-its descriptive features, so the search can price any sub-network in milliseconds without
-running it. Two regressors are available:
+its descriptive features (:func:`~exitnas.policies.profile.stage_features`), so a sub-network
+can be priced in milliseconds without running it. Two regressors are available:
 
 - ``"linear"`` (default): a non-negative linear model on physically meaningful cost terms,
-  ``ms = a*FLOPs*B + b*tokens^2*blocks*B + c*tokens*blocks*B + d*blocks + e*B + f*opens + ...
-  + head_type + intercept``, weighted by ``1/ms^2`` so it minimises *relative* error. Every
-  coefficient is a time per unit of work, so it extrapolates to bigger stages and batches.
+  ``ms = a*FLOPs*B + b*tokens^2*blocks*B + c*tokens*blocks*B*embed_dim + d*blocks + e*B +
+  f*opens + ... + head_type + intercept``, weighted by ``1/ms^2`` so it minimises *relative*
+  error. The work coefficients are non-negative (times per unit of work), so it extrapolates
+  to bigger stages and batches.
 - ``"boosting"``: gradient-boosted trees on log-features, predicting log latency. More
   flexible, but it cannot extrapolate beyond the measured range.
 
-On 2-core CPU profiles of the quickstart space (15 configs, batch sizes 1 and 32) the linear
-model predicted held-out stages as well as or better than boosting (held-out MdAPE 10-23%
-against 10-23%, at a test-retest noise floor of 10-23% on a loaded machine), and it
-extrapolates to larger stages and batches, hence the default.
+On 2-core CPU profiles of the quickstart study (19 configs, batch sizes 1 and 32, see
+benchmarks/RESULTS.md) the linear model's held-out MdAPE was 13-30% over five splits against
+19-40% for boosting; it also extrapolates, hence the default. Neither yet reaches the 10%
+target: sub-millisecond stages are dominated by per-operation overhead these features miss.
 
 Example:
     >>> model = StageLatencyModel().fit(profile.timings)

@@ -179,7 +179,7 @@ def measure_stage_latencies(
         raise ValueError(f"batch_sizes must be positive, got {tuple(batch_sizes)}")
     stages = plan_stages(model.config)
     device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     previous_threads, was_training = torch.get_num_threads(), model.training
     timings: list[StageTiming] = []
     try:
@@ -325,9 +325,12 @@ class DeviceProfile:
         """
         path = Path(path)
         if path.exists() and not overwrite:
-            raise ProfileError(f"{path} exists; pass overwrite=True to replace it")
+            raise ProfileError(f"{path} exists; choose another file (it is not replaced)")
         text = self.to_json()
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        except OSError as err:
+            raise ProfileError(f"cannot write {path}: {err.strerror or err}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceProfile:

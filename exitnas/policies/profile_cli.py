@@ -64,7 +64,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     from exitnas.search.objective import file_sha256
     from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
     from exitnas.search.storage import open_store
-    from exitnas.search.store import ProfileExistsError
+    from exitnas.search.store import ProfileExistsError, check_names
     from exitnas.supernet.batches import normalize
     from exitnas.supernet.train import WEIGHTS
 
@@ -72,8 +72,11 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
         device = torch.device(args.torch_device)
     except RuntimeError:
         raise ProfileError(f"--torch-device: unknown torch device {args.torch_device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProfileError(f"--torch-device {args.torch_device}: CUDA is not available here")
+    try:
+        torch.empty(0, device=device)  # the device exists here (cuda:7 on one GPU, mps, ...)
+    except (RuntimeError, AssertionError) as err:
+        raise ProfileError(f"--torch-device {args.torch_device}: not usable here ({err})") from None
+    check_names(study.name, args.device)
     splits = load_validation(study)
     optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
     store = open_store(url)  # after the study check: a wrong URL creates no database

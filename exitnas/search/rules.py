@@ -72,7 +72,7 @@ def confidences(probs: np.ndarray, rule: str) -> np.ndarray:
         return top2[..., 1] - top2[..., 0]
     if rule == "entropy":
         entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1)
-        return 1.0 - entropy / np.log(probs.shape[-1])
+        return np.clip(1.0 - entropy / np.log(probs.shape[-1]), 0.0, 1.0)  # rounding: -2e-16
     raise ConfigError(f"rule: {rule!r} is not allowed; allowed: {RULES}")
 
 

@@ -95,8 +95,16 @@ class ProfileStore(abc.ABC):
         """Devices profiled for the study, sorted by name."""
 
 
+def _create_table(op: Operations, name: str, *columns: sa.Column) -> None:
+    """Create ``name`` unless it exists: SQLite commits DDL on its own, so an upgrade killed
+    between a CREATE and its version row leaves the table behind; rerunning must not fail."""
+    if not sa.inspect(op.get_bind()).has_table(name):
+        op.create_table(name, *columns)
+
+
 def _migration_1(op: Operations) -> None:
-    op.create_table(
+    _create_table(
+        op,
         "exitnas_evaluations",
         sa.Column("arch_key", sa.String(32), primary_key=True),
         sa.Column("weights_hash", sa.String(64), primary_key=True),
@@ -107,7 +115,8 @@ def _migration_1(op: Operations) -> None:
 
 
 def _migration_2(op: Operations) -> None:
-    op.create_table(
+    _create_table(
+        op,
         "exitnas_device_profiles",
         sa.Column("study_name", sa.String(NAME_LENGTH), primary_key=True),
         sa.Column("device", sa.String(NAME_LENGTH), primary_key=True),
@@ -116,6 +125,14 @@ def _migration_2(op: Operations) -> None:
         sa.Column("created", sa.String(40), nullable=False),  # ISO 8601 UTC
         sa.Column("profile", sa.Text, nullable=False),  # DeviceProfile.to_json()
     )
+
+
+def check_names(study_name: str, device: str) -> None:
+    """Refuse names the profiles table cannot hold (before any measuring starts)."""
+    if not device or len(device) > NAME_LENGTH:
+        raise ExitnasError(f"--device: a device name needs 1 to {NAME_LENGTH} characters")
+    if len(study_name) > NAME_LENGTH:
+        raise ExitnasError(f"study name: at most {NAME_LENGTH} characters for device profiles")
 
 
 MIGRATIONS = (_migration_1, _migration_2)  # append only; index + 1 is the schema version
@@ -222,10 +239,7 @@ class SqlStore(EvaluationStore, ProfileStore):
     def put_profile(
         self, study_name: str, profile: DeviceProfile, *, replace: bool = False
     ) -> None:
-        if not profile.device or len(profile.device) > NAME_LENGTH:
-            raise ValueError(f"device name must have 1..{NAME_LENGTH} characters")
-        if len(study_name) > NAME_LENGTH:
-            raise ValueError(f"study name must have at most {NAME_LENGTH} characters")
+        check_names(study_name, profile.device)
         key = (_profiles.c.study_name == study_name, _profiles.c.device == profile.device)
         values = {
             "study_name": study_name,
