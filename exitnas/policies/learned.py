@@ -28,7 +28,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils.validation import check_is_fitted
 
-from exitnas.search.rules import confidences, exit_indices, softmax
+from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
 
 __all__ = ["FEATURES", "TARGETS", "LearnedExitPolicy", "calibrate_thresholds", "exit_features"]
 
@@ -110,14 +110,6 @@ def exit_features(logits: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=-1)  # (E, N, F)
 
 
-def _outcome(taken: np.ndarray, correct: np.ndarray, cumulative: np.ndarray) -> tuple[float, float]:
-    """Accuracy and expected FLOPs of exits ``taken`` ``(N,)``."""
-    return (
-        float(correct[taken, np.arange(taken.size)].mean()),
-        float(cumulative[taken].mean()),
-    )
-
-
 def _candidates(scores: np.ndarray, num: int) -> np.ndarray:
     """Threshold candidates: score quantiles plus 0 (everyone exits) and inf (nobody does)."""
     quantiles = np.quantile(scores, np.linspace(0.0, 1.0, num)) if scores.size else []
@@ -175,8 +167,11 @@ def calibrate_thresholds(
 
     def key(thresholds: np.ndarray) -> tuple[float, float]:
         """(accuracy, -cost) to maximise; (-inf, -inf) when over budget."""
-        accuracy, cost = _outcome(exit_indices(scores, thresholds), correct, cumulative)
-        return (accuracy, -cost) if cost <= budget_flops * (1 + 1e-12) else (-np.inf, -np.inf)
+        outcome = score_exits(exit_indices(scores, thresholds), correct, cumulative)
+        cost = outcome.expected_flops
+        return (
+            (outcome.accuracy, -cost) if cost <= budget_flops * (1 + 1e-12) else (-np.inf, -np.inf)
+        )
 
     num_thresholds = scores.shape[0] - 1
     best = np.zeros(num_thresholds)  # everyone at exit 0: always within budget
@@ -361,6 +356,5 @@ class LearnedExitPolicy(BaseEstimator):
         labels = _check_labels(labels, taken.size)
         correct = np.asarray(logits).argmax(axis=-1) == labels[None, :]
         cumulative = np.cumsum(np.asarray(stage_flops, dtype=np.float64))
-        accuracy, flops = _outcome(taken, correct, cumulative)
-        fractions = np.bincount(taken, minlength=self.n_exits_) / taken.size
-        return accuracy, flops, fractions
+        outcome = score_exits(taken, correct, cumulative)
+        return outcome.accuracy, outcome.expected_flops, np.asarray(outcome.exit_fractions)

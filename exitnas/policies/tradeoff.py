@@ -18,10 +18,9 @@ from exitnas.policies.learned import (
     LearnedExitPolicy,
     _check_labels,
     _check_logits,
-    _outcome,
     calibrate_thresholds,
 )
-from exitnas.search.rules import confidences, exit_indices, softmax
+from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
 
 __all__ = ["TradeoffCurve", "TradeoffCurves", "area_between", "oracle_exits", "tradeoff_curve"]
 
@@ -162,9 +161,11 @@ def tradeoff_curve(
                 scores, correct, stage_flops, budget, num_candidates, refine
             )
             taken = exit_indices(test_scores, thresholds)
-            points[name].append(_outcome(taken, test_correct, cumulative))
+            outcome = score_exits(taken, test_correct, cumulative)
+            points[name].append((outcome.accuracy, outcome.expected_flops))
         taken = oracle_exits(test_logits, test_labels, stage_flops, budget)
-        points["oracle"].append(_outcome(taken, test_correct, cumulative))
+        outcome = score_exits(taken, test_correct, cumulative)
+        points["oracle"].append((outcome.accuracy, outcome.expected_flops))
 
     def curve(name: str) -> TradeoffCurve:
         return TradeoffCurve(

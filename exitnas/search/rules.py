@@ -28,6 +28,7 @@ __all__ = [
     "ExitTable",
     "confidences",
     "exit_indices",
+    "score_exits",
     "softmax",
 ]
 
@@ -95,6 +96,24 @@ class ExitOutcome:
     exit_fractions: tuple[float, ...]  # share of samples leaving at each exit
 
 
+def score_exits(
+    taken: np.ndarray, correct: np.ndarray, cumulative_flops: np.ndarray
+) -> ExitOutcome:
+    """Accuracy, expected FLOPs and exit distribution when sample n leaves at ``taken[n]``.
+
+    Args:
+        taken: ``(N,)`` exit index of each sample.
+        correct: ``(E, N)`` whether each exit's prediction is right.
+        cumulative_flops: ``(E,)`` FLOPs per image spent up to each exit.
+    """
+    counts = np.bincount(taken, minlength=correct.shape[0])
+    return ExitOutcome(
+        accuracy=float(correct[taken, np.arange(taken.size)].mean()),
+        expected_flops=float(cumulative_flops[taken].mean()),
+        exit_fractions=tuple((counts / taken.size).tolist()),
+    )
+
+
 class ExitTable:
     """Everything needed to score exit rules on one architecture's cached logits.
 
@@ -123,11 +142,4 @@ class ExitTable:
 
     def score(self, rule: ExitRule) -> ExitOutcome:
         """Accuracy, expected FLOPs and exit distribution of ``rule``."""
-        taken = self.exits(rule)
-        samples = np.arange(self.num_samples)
-        counts = np.bincount(taken, minlength=self.num_exits)
-        return ExitOutcome(
-            accuracy=float(self.correct[taken, samples].mean()),
-            expected_flops=float(self.cumulative_flops[taken].mean()),
-            exit_fractions=tuple((counts / self.num_samples).tolist()),
-        )
+        return score_exits(self.exits(rule), self.correct, self.cumulative_flops)
