@@ -25,9 +25,7 @@ import torch
 import exitnas
 from exitnas.search.export import export_bundle, pareto_points
 from exitnas.search.objective import file_sha256
-from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
-from exitnas.search.storage import resolve_storage_url
-from exitnas.supernet import load_supernet
+from exitnas.search.runner import load_searched, open_run
 from exitnas.supernet.train import WEIGHTS
 
 
@@ -52,12 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(args.run)
-    model, study = load_supernet(run)
-    splits = load_validation(study)
-    url = resolve_storage_url(args.storage, study.search.storage, run)
-    points = pareto_points(
-        load_searched_study(study, url, evaluation_key(run, splits)), study.space
-    )
+    model, study, url = open_run(run, args.storage)
+    splits, optuna_study = load_searched(study, run, url)
+    points = pareto_points(optuna_study, study.space)
     # the points where early exit has work to do: several exits actually used on validation
     multi = [p for p in points if sum(f > 0 for f in p.exit_fractions) > 1]
     chosen = sorted(multi, key=lambda p: -p.accuracy)[: args.points]

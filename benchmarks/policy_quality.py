@@ -20,14 +20,7 @@ import optuna
 
 from exitnas.policies import LearnedExitPolicy, area_between, tradeoff_curve
 from exitnas.search.export import pareto_points
-from exitnas.search.runner import (
-    evaluation_key,
-    load_evaluator,
-    load_searched_study,
-    load_validation,
-)
-from exitnas.search.storage import resolve_storage_url
-from exitnas.supernet import load_supernet
+from exitnas.search.runner import load_evaluator, load_searched, open_run
 from exitnas.supernet.evaluate import predict_exits
 
 
@@ -41,10 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(args.run)
-    _, study = load_supernet(run)
-    splits = load_validation(study)
-    url = resolve_storage_url(args.storage, study.search.storage, run)
-    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    _, study, url = open_run(run, args.storage)
+    splits, optuna_study = load_searched(study, run, url)
     evaluator = load_evaluator(study, run, url, splits)
     points = [p for p in pareto_points(optuna_study, study.space) if p.config.num_exits > 2]
     chosen = sorted(points, key=lambda p: -p.accuracy)[: args.points]

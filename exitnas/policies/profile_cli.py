@@ -62,7 +62,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     from exitnas.policies.profile import measure_stage_latencies
     from exitnas.search.export import pareto_points
     from exitnas.search.objective import file_sha256
-    from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
+    from exitnas.search.runner import load_searched
     from exitnas.search.storage import open_store
     from exitnas.search.store import ProfileExistsError, check_names
     from exitnas.supernet.batches import normalize
@@ -77,8 +77,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     except (RuntimeError, AssertionError) as err:
         raise ProfileError(f"--torch-device {args.torch_device}: not usable here ({err})") from None
     check_names(study.name, args.device)
-    splits = load_validation(study)
-    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    splits, optuna_study = load_searched(study, run, url)
     store = open_store(url)  # after the study check: a wrong URL creates no database
     if store.get_profile(study.name, args.device) is not None and not args.replace:
         raise ProfileExistsError(
@@ -196,16 +195,12 @@ def _evaluate(args: argparse.Namespace, study: Any, url: str) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from exitnas.search.storage import resolve_storage_url
-    from exitnas.supernet import load_supernet
+    from exitnas.search.runner import open_run
 
     if not args.device.strip():
         raise ProfileError("--device: give the profiled device a name, e.g. laptop-cpu")
     run = Path(args.study)
-    model, study = load_supernet(run)
-    if args.data is not None:
-        study = replace(study, data=replace(study.data, path=str(args.data)))
-    url = resolve_storage_url(args.storage, study.search.storage, run)
+    model, study, url = open_run(run, args.storage, args.data)
     if args.export is not None:
         return _export(args, study, url)
     if args.import_path is not None:

@@ -7,7 +7,6 @@ and raises :class:`~exitnas.errors.ExitnasError` subclasses for anything the use
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,11 @@ __all__ = ["add_report_parser"]
 def _report(args: argparse.Namespace) -> int:
     from exitnas.reports.info import build_report_info
     from exitnas.reports.plot import write_report
-    from exitnas.search.runner import (
-        evaluation_key,
-        load_evaluator,
-        load_searched_study,
-        load_validation,
-    )
-    from exitnas.search.storage import resolve_storage_url
-    from exitnas.supernet import load_supernet
+    from exitnas.search.runner import load_evaluator, load_searched, open_run
 
     run = Path(args.run_dir)
-    _, study = load_supernet(run)
-    if args.data is not None:
-        study = replace(study, data=replace(study.data, path=str(args.data)))
-    url = resolve_storage_url(args.storage, study.search.storage, run)
-    splits = load_validation(study)
-    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    _, study, url = open_run(run, args.storage, args.data)
+    splits, optuna_study = load_searched(study, run, url)
     evaluator = load_evaluator(study, run, url, splits)
     info = build_report_info(optuna_study, study, evaluator, args.pareto_index)
     out = Path(args.out) if args.out else run / "report.html"

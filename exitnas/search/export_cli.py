@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ from exitnas.search.export import (
     select_point,
 )
 from exitnas.search.objective import file_sha256
-from exitnas.search.runner import evaluation_key, load_searched_study, load_validation
-from exitnas.search.storage import resolve_storage_url
+from exitnas.search.runner import load_searched, open_run
 
 __all__ = ["add_export_parser", "run_export"]
 
@@ -56,16 +54,11 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``exitnas export``; prints one summary line and returns 0."""
-    from exitnas.supernet import load_supernet
     from exitnas.supernet.train import WEIGHTS
 
     run = Path(args.study)
-    model, study = load_supernet(run)
-    if args.data is not None:
-        study = replace(study, data=replace(study.data, path=str(args.data)))
-    url = resolve_storage_url(args.storage, study.search.storage, run)
-    splits = load_validation(study)
-    optuna_study = load_searched_study(study, url, evaluation_key(run, splits))
+    model, study, url = open_run(run, args.storage, args.data)
+    splits, optuna_study = load_searched(study, run, url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = pareto_points(optuna_study, study.space)
     if args.pareto:

@@ -36,12 +36,13 @@ from exitnas.search.runner import (
     front_stats,
     load_evaluator,
     open_study,
+    plan_search,
     reference_mflops,
     refresh_bar,
 )
 from exitnas.search.samplers import create_sampler
 from exitnas.search.space import suggest
-from exitnas.search.storage import open_storage, resolve_storage_url
+from exitnas.search.storage import open_storage
 from exitnas.spaces import SearchSpace, StudyConfig
 
 __all__ = ["RayBackendError", "run_ray_search"]
@@ -159,11 +160,7 @@ def run_ray_search(
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir).resolve()
-    url = resolve_storage_url(storage, study.search.storage, run_dir)
-    trials = study.search.trials if trials is None else trials
-    if trials < 1 or workers < 1:
-        raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
-    workers = min(workers, trials)
+    url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
     # fail early, here, on a missing or foreign supernet, unreadable data or a foreign study
     evaluator = load_evaluator(study, run_dir, url)
     optuna_study = open_study(study, url, None, evaluator.weights_hash)

@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ from exitnas.search.pareto import hypervolume_2d, pareto_mask
 from exitnas.search.samplers import create_sampler
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
 from exitnas.spaces import StudyConfig
-from exitnas.supernet import count_flops, load_supernet
+from exitnas.supernet import SuperViT, count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
 
 __all__ = [
@@ -43,8 +43,11 @@ __all__ = [
     "front_stats",
     "load_evaluator",
     "load_searched_study",
+    "load_searched",
     "load_validation",
+    "open_run",
     "open_study",
+    "plan_search",
     "reference_mflops",
     "run_search",
 ]
@@ -183,6 +186,39 @@ def load_searched_study(study: StudyConfig, url: str, key: str | None = None) ->
     return optuna_study
 
 
+def open_run(
+    run_dir: Path, storage: str | None = None, data_path: str | Path | None = None
+) -> tuple[SuperViT, StudyConfig, str]:
+    """A trained run folder: its supernet, its study and the URL of its searched study.
+
+    Args:
+        run_dir: folder written by ``exitnas train``.
+        storage: ``--storage``; else the study's ``search.storage``, else the run's SQLite file.
+        data_path: ``--data``: where the study's data lives now.
+    """
+    model, study = load_supernet(run_dir)
+    if data_path is not None:
+        study = replace(study, data=replace(study.data, path=str(data_path)))
+    return model, study, resolve_storage_url(storage, study.search.storage, run_dir)
+
+
+def load_searched(study: StudyConfig, run_dir: Path, url: str) -> tuple[DataSplits, optuna.Study]:
+    """The data splits and the searched study, checked to be this supernet's and split's."""
+    splits = load_validation(study)
+    return splits, load_searched_study(study, url, evaluation_key(run_dir, splits))
+
+
+def plan_search(
+    study: StudyConfig, run_dir: Path, trials: int | None, storage: str | None, workers: int
+) -> tuple[str, int, int]:
+    """Storage URL, trials to add and workers to use, checked."""
+    url = resolve_storage_url(storage, study.search.storage, run_dir)
+    trials = study.search.trials if trials is None else trials
+    if trials < 1 or workers < 1:
+        raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
+    return url, trials, min(workers, trials)
+
+
 def _optimize(
     study_dict: dict, run_dir: str, url: str, trials: int, threads: int
 ) -> tuple[int, int, float]:
@@ -235,11 +271,7 @@ def run_search(
         progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume.
     """
     run_dir = Path(run_dir)
-    url = resolve_storage_url(storage, study.search.storage, run_dir)
-    trials = study.search.trials if trials is None else trials
-    if trials < 1 or workers < 1:
-        raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
-    workers = min(workers, trials)
+    url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
     evaluator = load_evaluator(study, run_dir, url)  # fails early on a missing supernet
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
     optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
