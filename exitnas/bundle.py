@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from exitnas.errors import CheckpointError, ConfigError, ExitnasError
+from exitnas.search.export import POLICY_FILE
 from exitnas.search.objective import file_sha256
-from exitnas.search.rules import ExitRule, confidences, softmax
+from exitnas.search.rules import LEARNED, ExitRule, confidences, softmax
 from exitnas.spaces import SearchSpace, SubnetConfig
 from exitnas.spaces._parse import from_dict
 from exitnas.supernet.batches import normalize
@@ -54,13 +55,18 @@ class ExitModel:
         model: the sub-network (put in eval mode).
         rule: the exit rule.
         meta: the bundle's ``config.json``.
+        policy: the learned exit policy (``policy.skops``), needed when ``rule.rule`` is
+            ``"learned"``.
     """
 
-    def __init__(self, model: ExitViT, rule: ExitRule, meta: dict[str, Any]):
+    def __init__(self, model: ExitViT, rule: ExitRule, meta: dict[str, Any], policy: Any = None):
+        if rule.rule == LEARNED and policy is None:
+            raise BundleError("the learned exit rule needs the bundle's policy")
         self.model = model.eval()
         self.config: SubnetConfig = model.config
         self.rule = rule
         self.meta = meta
+        self.policy = policy
         norm = meta["normalization"]
         self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
         self.cumulative_flops = np.cumsum(count_flops(model.space, model.config))
@@ -87,9 +93,9 @@ class ExitModel:
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> Prediction:
         """Classify uint8 ``images`` with real early exit.
 
-        Each batch runs stage by stage; after a stage, the samples whose confidence reaches
-        that exit's threshold leave the batch (the last exit takes all that remain), so later
-        stages run on fewer samples.
+        Each batch runs stage by stage; after a stage, the samples whose confidence (or learned
+        policy score) reaches that exit's threshold leave the batch (the last exit takes all
+        that remain), so later stages run on fewer samples.
         """
         images = self._check(images)
         n = len(images)
@@ -101,6 +107,7 @@ class ExitModel:
             batch = normalize(images[start : start + batch_size].to(device), self.mean, self.std)
             state = CascadeState(images=batch)
             rows = np.arange(start, start + len(batch))  # dataset rows still in the batch
+            history: list[np.ndarray] = []  # earlier exits' logits of those rows (learned rule)
             for k, stage in enumerate(stages):
                 state = self.model.run_stage(stage, state)
                 assert state.logits is not None
@@ -108,15 +115,22 @@ class ExitModel:
                 if k == len(stages) - 1:
                     leave = np.ones(len(rows), dtype=bool)
                 else:
-                    conf = confidences(softmax(logits[None]), self.rule.rule)[0]  # (B,)
-                    leave = conf >= self.rule.thresholds[k]
+                    leave = self._scores(logits, history, len(stages)) >= self.rule.thresholds[k]
                 labels[rows[leave]] = logits[leave].argmax(-1)
                 exits[rows[leave]] = k
                 rows = rows[~leave]
                 if len(rows) == 0:
                     break
+                history = [h[~leave] for h in history]
                 state = state.select(torch.from_numpy(~leave).to(device))
         return Prediction(labels, exits, self.cumulative_flops[exits].astype(np.int64))
+
+    def _scores(self, logits: np.ndarray, history: list[np.ndarray], num_exits: int):
+        """Exit scores ``(B,)`` of the current exit; appends its logits to ``history``."""
+        if self.rule.rule != LEARNED:
+            return confidences(softmax(logits[None]), self.rule.rule)[0]
+        history.append(logits)
+        return self.policy.scores(np.stack(history), num_exits)[-1]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -176,4 +190,15 @@ def load(bundle_dir: str | os.PathLike[str], device: str = "cpu") -> ExitModel:
     except (KeyError, ConfigError, CheckpointError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BundleError(f"{folder} is not a valid bundle: {first}") from None
-    return ExitModel(model.to(torch.device(device)), rule, meta)
+    policy = None
+    if rule.rule == LEARNED:
+        from exitnas.policies.study_policy import PolicyError, policy_from_bytes
+
+        if POLICY_FILE not in files:
+            raise BundleError(f"{folder}: the learned exit rule needs {POLICY_FILE}")
+        try:
+            path = folder / POLICY_FILE
+            policy = policy_from_bytes(path.read_bytes(), str(path))
+        except PolicyError as err:
+            raise BundleError(str(err)) from None
+    return ExitModel(model.to(torch.device(device)), rule, meta, policy)

@@ -84,6 +84,7 @@ def _search(args: argparse.Namespace) -> int:
             storage=args.storage,
             workers=args.workers,
             address=args.ray_address,
+            device=args.device,
             progress=not args.quiet,
         )
     else:
@@ -93,6 +94,7 @@ def _search(args: argparse.Namespace) -> int:
             trials=args.trials,
             storage=args.storage,
             workers=args.workers,
+            device=args.device,
             progress=not args.quiet,
         )
     print(
@@ -140,11 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", choices=SAMPLERS, help="override")
     search.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
     search.add_argument("--ray-address", help="Ray cluster address (default: start one here)")
+    search.add_argument(
+        "--device",
+        metavar="NAME",
+        help="a profiled device (exitnas profile): its expected latency is a third objective",
+    )
     search.add_argument("--run", type=Path, help="run folder (default: runs/<study name>)")
     search.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(handler=_search)
 
+    from exitnas.policies.policy_cli import add_policy_parser
     from exitnas.policies.profile_cli import add_profile_parser
     from exitnas.reports.cli import add_report_parser
     from exitnas.search.export_cli import add_export_parser
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_report_parser(commands)
     add_profile_parser(commands)
+    add_policy_parser(commands)
     return parser
 
 

@@ -63,11 +63,13 @@ def _check_labels(labels: np.ndarray, num_samples: int) -> np.ndarray:
     return labels
 
 
-def exit_features(logits: np.ndarray) -> np.ndarray:
+def exit_features(logits: np.ndarray, num_exits: int | None = None) -> np.ndarray:
     """Per (exit, sample) features of the exits' predictions, columns named by :data:`FEATURES`.
 
     Args:
-        logits: ``(E, N, K)`` logits of every exit.
+        logits: ``(E, N, K)`` logits of the first ``E`` exits.
+        num_exits: exits of the whole configuration (default ``E``); at run time, when only
+            the first exits have run, it keeps ``exit_position`` the same as offline.
 
     Returns:
         ``(E, N, F)`` float64 features, ``F = len(FEATURES)``; each one uses only this exit and
@@ -79,7 +81,10 @@ def exit_features(logits: np.ndarray) -> np.ndarray:
         0.0
     """
     logits = _check_logits(logits)
-    num_exits = logits.shape[0]
+    num_given = logits.shape[0]
+    num_exits = num_given if num_exits is None else num_exits
+    if num_exits < num_given:
+        raise ValueError(f"num_exits={num_exits} is below the {num_given} exits given")
     probs = softmax(logits)  # (E, N, K)
     max_prob = confidences(probs, "max_softmax")  # (E, N)
     preds = probs.argmax(axis=-1)  # (E, N)
@@ -88,14 +93,14 @@ def exit_features(logits: np.ndarray) -> np.ndarray:
     agrees_previous[1:] = preds[1:] == preds[:-1]
 
     same = preds[:, None, :] == preds[None, :, :]  # (E, E, N): exit i agrees with exit j
-    earlier = np.tril(np.ones((num_exits, num_exits), dtype=bool), k=-1)  # j < i
+    earlier = np.tril(np.ones((num_given, num_given), dtype=bool), k=-1)  # j < i
     agreeing = (same & earlier[:, :, None]).sum(axis=1)  # (E, N)
-    agreement_fraction = agreeing / np.maximum(np.arange(num_exits), 1)[:, None]
+    agreement_fraction = agreeing / np.maximum(np.arange(num_given), 1)[:, None]
 
     previous_max = np.zeros_like(max_prob)
     previous_max[1:] = np.maximum.accumulate(max_prob, axis=0)[:-1]
 
-    position = np.arange(num_exits, dtype=np.float64) / max(num_exits - 1, 1)
+    position = np.arange(num_given, dtype=np.float64) / max(num_exits - 1, 1)
     position = np.broadcast_to(position[:, None], max_prob.shape)
 
     columns = (
@@ -123,13 +128,15 @@ def calibrate_thresholds(
     budget_flops: float,
     num_candidates: int = 64,
     refine: bool = True,
+    num_starts: int = 3,
 ) -> np.ndarray:
     """Thresholds maximising accuracy subject to expected FLOPs <= ``budget_flops``.
 
     First one threshold shared by all exits is swept over the scores' quantiles (MSDNet /
     CF-ViT protocol); with ``refine``, each exit's threshold is then improved in turn, keeping
-    the others fixed, until nothing improves (coordinate ascent). Ties in accuracy go to the
-    cheaper thresholds.
+    the others fixed, until nothing improves (coordinate ascent), starting from the
+    ``num_starts`` best shared thresholds and from "everyone at exit 0". Ties in accuracy go to
+    the cheaper thresholds.
 
     Args:
         scores: ``(E, N)`` scores in [0, 1] (a confidence or a policy's score); higher exits sooner.
@@ -138,6 +145,7 @@ def calibrate_thresholds(
         budget_flops: largest allowed expected FLOPs per image.
         num_candidates: quantiles of the scores tried as thresholds.
         refine: per-exit refinement after the shared sweep.
+        num_starts: best shared thresholds the refinement starts from.
 
     Returns:
         ``(E - 1,)`` thresholds (``np.inf``: never exit there).
@@ -174,24 +182,31 @@ def calibrate_thresholds(
         )
 
     num_thresholds = scores.shape[0] - 1
-    best = np.zeros(num_thresholds)  # everyone at exit 0: always within budget
-    best_key = key(best)
+    zeros = np.zeros(num_thresholds)  # everyone at exit 0: always within budget
+    shared: dict[tuple[float, float], np.ndarray] = {}
     for t in _candidates(scores[:-1], num_candidates):
         trial = np.full(num_thresholds, t)
-        trial_key = key(trial)
-        if trial_key > best_key:
-            best, best_key = trial, trial_key
+        shared.setdefault(key(trial), trial)
+    # The best few shared thresholds (and exit 0 for all) seed the refinement: one greedy
+    # start can stall in a local optimum that a smaller budget's search escaped.
+    ranked = [k for k in sorted(shared, reverse=True) if k[0] > -np.inf]
+    starts = [shared[k] for k in ranked[: num_starts if refine else 1]] + [zeros]
 
-    improved = refine
-    while improved:
-        improved = False
-        for k in range(num_thresholds):
-            for t in _candidates(scores[k], num_candidates):
-                trial = best.copy()
-                trial[k] = t
-                trial_key = key(trial)
-                if trial_key > best_key:
-                    best, best_key, improved = trial, trial_key, True
+    best, best_key = zeros, key(zeros)
+    for current in starts:
+        current_key = key(current)
+        improved = refine
+        while improved:
+            improved = False
+            for k in range(num_thresholds):
+                for t in _candidates(scores[k], num_candidates):
+                    trial = current.copy()
+                    trial[k] = t
+                    trial_key = key(trial)
+                    if trial_key > current_key:
+                        current, current_key, improved = trial, trial_key, True
+        if current_key > best_key:
+            best, best_key = current, current_key
     return best
 
 
@@ -211,8 +226,11 @@ class LearnedExitPolicy(BaseEstimator):
     Attributes:
         estimator_: the fitted classifier.
         classes_: target classes seen at fit (``[0]``, ``[1]`` or ``[0, 1]``).
-        n_exits_: number of exits ``E`` of the training logits.
-        n_features_in_: ``len(FEATURES)``.
+        n_features_in_: features per (exit, sample) the classifier reads, ``len(FEATURES)``.
+
+    The features do not depend on the number of exits or classes, so one policy serves every
+    architecture of a study: fit it on several architectures' logits at once (a list), and
+    score any configuration.
 
     Example:
         >>> policy = LearnedExitPolicy(random_state=0).fit(train_logits, train_labels)
@@ -235,16 +253,19 @@ class LearnedExitPolicy(BaseEstimator):
         if self.estimator is None:
             return HistGradientBoostingClassifier(random_state=self._seed())
         estimator = clone(self.estimator)
-        params = estimator.get_params()
-        if "random_state" in params and params["random_state"] is None:
-            estimator.set_params(random_state=self._seed())
+        seed = None
+        for name, value in estimator.get_params().items():  # also a Pipeline's steps
+            if name.split("__")[-1] == "random_state" and value is None:
+                seed = self._seed() if seed is None else seed
+                estimator.set_params(**{name: seed})
         return estimator
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> LearnedExitPolicy:
+    def fit(self, logits: Any, labels: np.ndarray) -> LearnedExitPolicy:
         """Fit the classifier on every exit but the last.
 
         Args:
-            logits: ``(E, N, K)`` logits of a training split, ``E >= 2``.
+            logits: ``(E, N, K)`` logits of a training split, ``E >= 2``, or a list of such
+                arrays of several architectures on the same ``N`` samples (pooled).
             labels: ``(N,)`` true classes.
 
         Returns:
@@ -252,44 +273,53 @@ class LearnedExitPolicy(BaseEstimator):
         """
         if self.target not in TARGETS:
             raise ValueError(f"target: {self.target!r} is not allowed; allowed: {TARGETS}")
-        logits = _check_logits(logits, min_exits=2)
-        labels = _check_labels(labels, logits.shape[1])
-        preds = logits.argmax(axis=-1)  # (E, N)
-        reference = labels if self.target == "correct" else preds[-1]
-        y = (preds[:-1] == reference[None, :]).astype(np.int64).ravel()  # ((E-1) * N,)
-        x = exit_features(logits)[:-1].reshape(y.size, len(FEATURES))
+        arrays = [logits] if isinstance(logits, np.ndarray) else list(logits)
+        if not arrays:
+            raise ValueError("fit needs the logits of at least one architecture")
+        xs, ys = [], []
+        for array in arrays:
+            array = _check_logits(array, min_exits=2)
+            labels = _check_labels(labels, array.shape[1])
+            preds = array.argmax(axis=-1)  # (E, N)
+            reference = labels if self.target == "correct" else preds[-1]
+            ys.append((preds[:-1] == reference[None, :]).astype(np.int64).ravel())
+            xs.append(exit_features(array)[:-1].reshape(-1, len(FEATURES)))
+        x, y = np.concatenate(xs), np.concatenate(ys)
 
         if np.unique(y).size < 2:  # a constant target: predict it with probability 1
             self.estimator_ = DummyClassifier(strategy="prior").fit(x, y)
         else:
             self.estimator_ = self._make_estimator().fit(x, y)
         self.classes_ = np.asarray(self.estimator_.classes_)
-        self.n_exits_ = logits.shape[0]
         self.n_features_in_ = len(FEATURES)
         return self
 
-    def score_samples(self, logits: np.ndarray) -> np.ndarray:
-        """Probability that each exit's prediction is correct (or final); last exit row is 1.
+    def score_samples(self, logits: np.ndarray, num_exits: int | None = None) -> np.ndarray:
+        """Probability that each exit's prediction is correct (or final).
 
         Args:
-            logits: ``(E, N, K)`` logits with the ``E`` exits seen at fit.
+            logits: ``(E, N, K)`` logits of the first ``E`` exits of a configuration.
+            num_exits: the configuration's exits (default ``E``). When ``E`` is all of them,
+                the last row is 1 (the last exit takes every sample left).
 
         Returns:
             ``(E, N)`` scores in [0, 1].
         """
         check_is_fitted(self)
         logits = _check_logits(logits)
-        if logits.shape[0] != self.n_exits_:
-            raise ValueError(f"policy was fitted on {self.n_exits_} exits; got {logits.shape[0]}")
-        num_exits, num_samples = logits.shape[:2]
-        scores = np.ones((num_exits, num_samples))
-        x = exit_features(logits)[:-1].reshape(-1, self.n_features_in_)
-        positive = np.flatnonzero(self.classes_ == 1)
-        if positive.size:
-            proba = self.estimator_.predict_proba(x)[:, positive[0]]
-            scores[:-1] = proba.reshape(num_exits - 1, num_samples)
-        else:
-            scores[:-1] = 0.0
+        num_given, num_samples = logits.shape[:2]
+        num_exits = num_given if num_exits is None else num_exits
+        scores = np.ones((num_given, num_samples))
+        scored = num_given - (num_given == num_exits)  # rows needing the classifier
+        if scored:
+            x = exit_features(logits, num_exits)[:scored].reshape(-1, self.n_features_in_)
+            positive = np.flatnonzero(self.classes_ == 1)
+            proba = (
+                self.estimator_.predict_proba(x)[:, positive[0]]
+                if positive.size
+                else np.zeros(len(x))
+            )
+            scores[:scored] = proba.reshape(scored, num_samples)
         return scores
 
     def calibrate(

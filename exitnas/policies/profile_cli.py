@@ -44,14 +44,6 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
-def _unknown_device(store: Any, study_name: str, device: str, url: str) -> ProfileError:
-    devices = store.list_devices(study_name)
-    known = ", ".join(repr(d) for d in devices) if devices else "none yet (run exitnas profile)"
-    return ProfileError(
-        f"no profile of device {device!r} for study {study_name!r} in {url}; profiled: {known}"
-    )
-
-
 def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: str) -> int:
     """Default mode: time the front's configs and sampled ones, store the profile."""
     import numpy as np
@@ -158,6 +150,7 @@ def _import(args: argparse.Namespace, run: Path, study: Any, url: str) -> int:
 
 
 def _stored(args: argparse.Namespace, study: Any, url: str) -> DeviceProfile:
+    from exitnas.policies.costs import unknown_device
     from exitnas.search.runner import load_searched_study
     from exitnas.search.storage import open_store
 
@@ -165,7 +158,7 @@ def _stored(args: argparse.Namespace, study: Any, url: str) -> DeviceProfile:
     store = open_store(url)
     profile = store.get_profile(study.name, args.device)
     if profile is None:
-        raise _unknown_device(store, study.name, args.device, url)
+        raise unknown_device(store, study.name, args.device, url)
     return profile
 
 

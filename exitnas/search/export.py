@@ -5,7 +5,9 @@ A *bundle* is one folder that ``exitnas.load`` runs on its own:
 - ``config.json``: the search space, sub-network config, exit rule, normalisation, the point's
   validation accuracy, expected MFLOPs, stage FLOPs and exit fractions;
 - ``weights.safetensors``: the extracted sub-network (just the parts its config uses);
-- ``manifest.json``: sha256 and size of both files.
+- ``policy.skops``: the learned exit policy, only when the rule is ``learned`` (skops, no
+  pickle);
+- ``manifest.json``: sha256 and size of every other file.
 
 It is written into a hidden sibling folder and renamed into place at the end, so a crash leaves
 no half-written bundle.
@@ -29,7 +31,7 @@ import optuna
 import exitnas
 from exitnas.errors import ExitnasError
 from exitnas.search.objective import TRIAL_ATTR, file_sha256
-from exitnas.search.rules import ExitRule
+from exitnas.search.rules import LEARNED, ExitRule
 from exitnas.search.space import trial_config
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 from exitnas.spaces._parse import to_dict
@@ -49,7 +51,8 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = 1  # version of config.json / manifest.json / the front JSON
-BUNDLE_FILES = ("config.json", "weights.safetensors")  # what manifest.json lists
+BUNDLE_FILES = ("config.json", "weights.safetensors")  # what manifest.json always lists
+POLICY_FILE = "policy.skops"  # listed too when the exit rule is the learned policy
 SELECT_FORMS = "accuracy|flops|mflops followed by <=, <, >= or > and a number, comma-separated"
 _CONSTRAINT = re.compile(r"^\s*(accuracy|mflops|flops)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
@@ -70,6 +73,7 @@ class ParetoPoint:
     mflops: float  # expected MFLOPs per image under ``rule``
     exit_fractions: tuple[float, ...]  # share of validation samples leaving at each exit
     stage_flops: tuple[int, ...]  # analytic FLOPs per image of each stage
+    latency_ms: float | None = None  # expected ms per image on the device of a device search
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +85,7 @@ class ParetoPoint:
             "mflops": self.mflops,
             "exit_fractions": list(self.exit_fractions),
             "stage_flops": list(self.stage_flops),
+            "latency_ms": self.latency_ms,
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class ParetoPoint:
             mflops=float(data["mflops"]),
             exit_fractions=tuple(float(f) for f in data["exit_fractions"]),
             stage_flops=tuple(int(f) for f in data["stage_flops"]),
+            latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
         )
 
 
@@ -105,7 +111,9 @@ def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[Pareto
         space: the study's search space.
 
     Returns:
-        Points sorted by MFLOPs ascending (then accuracy descending), ``index`` set to that order.
+        Points sorted by MFLOPs ascending (then accuracy descending), ``index`` set to that order;
+        in a device search (three objectives) the front is three-dimensional and each point
+        has its ``latency_ms``.
 
     Raises:
         ExportError: the study has no completed trial.
@@ -135,6 +143,7 @@ def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[Pareto
                 mflops=float(trial.values[1]),
                 exit_fractions=tuple(float(f) for f in attr.get("exit_fractions", ())),
                 stage_flops=count_flops(space, config),
+                latency_ms=float(trial.values[2]) if len(trial.values) > 2 else None,
             )
         )
     return points
@@ -221,6 +230,8 @@ def export_bundle(
     weights_hash: str,
     mean: Sequence[float],
     std: Sequence[float],
+    policy: bytes | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a deployable bundle of ``point`` to the folder ``out_dir``.
 
@@ -231,13 +242,19 @@ def export_bundle(
         out_dir: bundle folder; must not exist or be empty.
         weights_hash: sha256 of the supernet weights file (recorded for provenance).
         mean, std: the data's per-channel normalisation (``DataSplits.mean`` / ``.std``).
+        policy: skops bytes of the learned exit policy (``policy_to_bytes``); required when
+            ``point.rule`` is ``learned``.
+        extra: more JSON-ready metadata for ``config.json`` (a budget query's answer).
 
     Returns:
         The bundle folder.
 
     Raises:
-        ExportError: ``out_dir`` exists and is not empty (nothing is touched).
+        ExportError: ``out_dir`` exists and is not empty (nothing is touched), or a learned
+            rule without its policy.
     """
+    if point.rule.rule == LEARNED and policy is None:
+        raise ExportError("a point with the learned exit rule needs its policy to be exported")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
@@ -258,6 +275,7 @@ def export_bundle(
         "image_size": study.data.image_size,
         "in_chans": study.space.in_chans,
         "supernet_weights_sha256": weights_hash,
+        **(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -268,9 +286,13 @@ def export_bundle(
             {"format": BUNDLE_FORMAT, "config_key": point.config.key()},
         )
         _write_text(tmp / "config.json", json.dumps(meta, indent=2) + "\n")
+        names = list(BUNDLE_FILES)
+        if policy is not None:
+            (tmp / POLICY_FILE).write_bytes(policy)
+            names.append(POLICY_FILE)
         files = {
             name: {"sha256": file_sha256(tmp / name), "size": (tmp / name).stat().st_size}
-            for name in BUNDLE_FILES
+            for name in names
         }
         manifest = {"format": BUNDLE_FORMAT, "files": files}
         _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")

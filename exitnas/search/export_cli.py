@@ -1,4 +1,9 @@
-"""The ``exitnas export`` subcommand: a bundle of one Pareto point, or the whole front as JSON."""
+"""The ``exitnas export`` subcommand: a bundle of one Pareto point, or the whole front as JSON.
+
+With ``--budget-ms`` (and ``--device``) or ``--budget-mflops`` the bundle is the answer of the
+budget query (:func:`~exitnas.policies.policy_cli.query_run`): the chosen configuration with its
+calibrated exit rule, and the learned policy when that rule is the one chosen.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import optuna
 
 from exitnas.search.export import (
+    ExportError,
     export_bundle,
     export_front_json,
     pareto_points,
@@ -44,6 +50,24 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     )
     which.add_argument("--pareto-index", type=int, help="point index, cheapest first")
     which.add_argument("--pareto", action="store_true", help="write the whole front as JSON")
+    which.add_argument(
+        "--budget-ms",
+        type=float,
+        metavar="MS",
+        help="the budget query's answer: expected latency per image on --device",
+    )
+    which.add_argument(
+        "--budget-mflops",
+        type=float,
+        metavar="MFLOPS",
+        help="the budget query's answer: expected MFLOPs per image",
+    )
+    export.add_argument(
+        "--device", metavar="NAME", help="a device profiled for the study (with --budget-...)"
+    )
+    export.add_argument(
+        "--no-policy", action="store_true", help="budget query: offer only confidence rules"
+    )
     export.add_argument(
         "--storage", help="SQLAlchemy URL (default: the search's, sqlite:///RUN_DIR/study.db)"
     )
@@ -57,6 +81,10 @@ def run_export(args: argparse.Namespace) -> int:
     from exitnas.supernet.train import WEIGHTS
 
     run = Path(args.study)
+    if args.budget_ms is not None or args.budget_mflops is not None:
+        return _export_budget(args, run)
+    if args.device is not None:
+        raise ExportError("--device goes with --budget-ms or --budget-mflops")
     model, study, url = open_run(run, args.storage, args.data)
     splits, optuna_study = load_searched(study, run, url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,5 +101,53 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"exported point {point.index} of {len(points)} (trial {point.trial_number}): "
         f"accuracy {point.accuracy:.4f}, {point.mflops:.4g} MFLOPs/image -> {args.out}"
+    )
+    return 0
+
+
+def _export_budget(args: argparse.Namespace, run: Path) -> int:
+    """``--budget-...``: export the budget query's answer."""
+    from dataclasses import replace
+
+    from exitnas.policies.policy_cli import budget_from_args, query_run
+    from exitnas.supernet.train import WEIGHTS
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the query's work
+        raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
+    result = query_run(
+        run,
+        budget_from_args(args),
+        device=args.device,
+        storage=args.storage,
+        data=args.data,
+        policy=None if args.no_policy else "learned",
+    )
+    answer = result.answer
+    point = replace(
+        answer.point,
+        rule=answer.rule,
+        accuracy=answer.accuracy,
+        mflops=answer.mflops,
+        exit_fractions=answer.exit_fractions,
+        latency_ms=answer.latency_ms,
+    )
+    export_bundle(
+        point,
+        result.model,
+        result.study,
+        out,
+        weights_hash=file_sha256(run / WEIGHTS),
+        mean=result.splits.mean,
+        std=result.splits.std,
+        policy=result.policy_blob,
+        extra={"budget_query": {**answer.to_dict(), "policy": result.policy_name}},
+    )
+    latency = f", {answer.latency_ms:.3g} ms/image on {args.device}" if answer.latency_ms else ""
+    print(
+        f"exported the answer to {answer.budget.flag()}: point {answer.point.index} "
+        f"(trial {answer.point.trial_number}), rule {answer.rule.rule}, validation accuracy "
+        f"{answer.accuracy:.4f}, {answer.mflops:.4g} MFLOPs/image{latency} -> {out}"
     )
     return 0

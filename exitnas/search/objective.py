@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -15,11 +16,18 @@ import torch
 from exitnas.search.rules import ExitOutcome, ExitRule, ExitTable
 from exitnas.search.space import suggest
 from exitnas.search.store import CachedEvaluation, EvaluationStore
-from exitnas.spaces import SubnetConfig
+from exitnas.spaces import SearchSpace, SubnetConfig
 from exitnas.supernet import SuperViT, count_flops
 from exitnas.supernet.evaluate import predict_exits
 
-__all__ = ["ArchitectureEvaluator", "SearchObjective", "TRIAL_ATTR", "file_sha256"]
+__all__ = [
+    "TRIAL_ATTR",
+    "ArchitectureEvaluator",
+    "SearchObjective",
+    "StageLatency",
+    "file_sha256",
+    "objective_values",
+]
 
 TRIAL_ATTR = "exitnas"  # the one user attribute a trial carries (exit fractions, cache hit)
 
@@ -101,22 +109,45 @@ class ArchitectureEvaluator:
         return self.table(config)[0].score(rule)
 
 
+class StageLatency(Protocol):
+    """Milliseconds per image of each stage of a config on one device (``DeviceCosts``)."""
+
+    def stage_ms(self, space: SearchSpace, config: SubnetConfig) -> tuple[np.ndarray, Any]: ...
+
+
+def objective_values(outcome: ExitOutcome, stage_ms: np.ndarray | None = None) -> tuple[float, ...]:
+    """(accuracy, expected MFLOPs per image[, expected ms per image on the device])."""
+    values: tuple[float, ...] = (outcome.accuracy, outcome.expected_flops / 1e6)
+    if stage_ms is not None:
+        values += (float(np.dot(outcome.exit_fractions, np.cumsum(stage_ms))),)
+    return values
+
+
 class SearchObjective:
-    """Optuna objective: (validation accuracy, expected MFLOPs per image).
+    """Optuna objective: (validation accuracy, expected MFLOPs per image), plus the expected
+    latency per image on a profiled device when ``latency`` is given.
 
     The trial's parameters define the config and rule (rebuild them with
     ``suggest(FixedTrial(trial.params), space, rules)``); one user attribute records the exit
     distribution and whether the architecture was cached.
     """
 
-    def __init__(self, evaluator: ArchitectureEvaluator, rules: Sequence[str]):
-        self.evaluator, self.rules = evaluator, tuple(rules)
+    def __init__(
+        self,
+        evaluator: ArchitectureEvaluator,
+        rules: Sequence[str],
+        latency: StageLatency | None = None,
+    ):
+        self.evaluator, self.rules, self.latency = evaluator, tuple(rules), latency
 
-    def __call__(self, trial: optuna.trial.BaseTrial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.trial.BaseTrial) -> tuple[float, ...]:
         config, rule = suggest(trial, self.evaluator.model.space, self.rules)
         table, hit = self.evaluator.table(config)
         outcome = table.score(rule)
         trial.set_user_attr(
             TRIAL_ATTR, {"exit_fractions": list(outcome.exit_fractions), "cache_hit": hit}
         )
-        return outcome.accuracy, outcome.expected_flops / 1e6
+        stage_ms = None
+        if self.latency is not None:
+            stage_ms = self.latency.stage_ms(self.evaluator.model.space, config)[0]
+        return objective_values(outcome, stage_ms)

@@ -29,16 +29,18 @@ from typing import Any
 import optuna
 
 from exitnas.errors import ExitnasError
-from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator
+from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator, objective_values
 from exitnas.search.runner import (
-    OBJECTIVES,
     SearchSummary,
     front_stats,
     load_evaluator,
+    load_latency,
     open_study,
     plan_search,
     reference_mflops,
     refresh_bar,
+    search_objectives,
+    search_study_name,
 )
 from exitnas.search.samplers import create_sampler
 from exitnas.search.space import suggest
@@ -47,7 +49,6 @@ from exitnas.spaces import SearchSpace, StudyConfig
 
 __all__ = ["RayBackendError", "run_ray_search"]
 
-MODES = ["max", "min"]  # Ray's spelling of runner.DIRECTIONS
 TRIAL_NUMBER = "optuna_trial_number"  # the constant the space adds to each Ray trial's config
 
 
@@ -80,28 +81,32 @@ class _Worker:
     evaluator: ArchitectureEvaluator
     storage: optuna.storages.BaseStorage
     study_id: int
+    latency: Any  # DeviceCosts of a device search, else None
 
 
-_WORKERS: dict[tuple[str, str], _Worker] = {}  # per process, keyed by (run dir, storage URL)
+_WORKERS: dict[tuple[str, str, str | None], _Worker] = {}  # per process: (run, URL, device)
 
 
-def _worker(study: StudyConfig, run_dir: str, url: str) -> _Worker:
-    key = (run_dir, url)
+def _worker(study: StudyConfig, run_dir: str, url: str, device: str | None) -> _Worker:
+    key = (run_dir, url, device)
     if key not in _WORKERS:
         storage = open_storage(url)
         _WORKERS[key] = _Worker(
             load_evaluator(study, Path(run_dir), url),
             storage,
-            storage.get_study_id_from_name(study.name),
+            storage.get_study_id_from_name(search_study_name(study, device)),
+            load_latency(study, url, device),
         )
     return _WORKERS[key]
 
 
-def _trainable(config: dict[str, Any], *, study: StudyConfig, run_dir: str, url: str) -> None:
-    """One Ray trial: score the trial's config and exit rule, report both objectives."""
+def _trainable(
+    config: dict[str, Any], *, study: StudyConfig, run_dir: str, url: str, device: str | None
+) -> None:
+    """One Ray trial: score the trial's config and exit rule, report the objectives."""
     from ray import tune
 
-    worker = _worker(study, run_dir, url)
+    worker = _worker(study, run_dir, url, device)
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
     subnet, rule = suggest(optuna.trial.FixedTrial(params), study.space, study.search.rules)
     spent = worker.evaluator.miss_seconds
@@ -113,10 +118,11 @@ def _trainable(config: dict[str, Any], *, study: StudyConfig, run_dir: str, url:
     worker.storage.set_trial_user_attr(  # before reporting: the trial is still running
         trial_id, TRIAL_ATTR, {"exit_fractions": list(outcome.exit_fractions), "cache_hit": hit}
     )
+    stage_ms = None if worker.latency is None else worker.latency.stage_ms(study.space, subnet)[0]
+    values = objective_values(outcome, stage_ms)
     tune.report(
         {
-            "accuracy": outcome.accuracy,
-            "mflops": outcome.expected_flops / 1e6,
+            **dict(zip(search_objectives(device)[0], values, strict=True)),
             "cache_hit": hit,
             "validation_seconds": worker.evaluator.miss_seconds - spent,
         }
@@ -131,6 +137,7 @@ def run_ray_search(
     storage: str | None = None,
     workers: int = 1,
     address: str | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> SearchSummary:
     """Add ``trials`` trials to the study's Optuna study, run as Ray Tune trials.
@@ -143,6 +150,8 @@ def run_ray_search(
         workers: trials running at once (and the CPUs of a local Ray instance).
         address: a running Ray cluster (``"auto"``, ``"ray://host:10001"``); by default a local
             Ray instance is started for this search and shut down afterwards.
+        device: a profiled device: expected latency on it is the third objective (the study
+            ``<study>@<device>``, see :func:`~exitnas.search.runner.run_search`).
         progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume; Ray's own
             tables stay quiet either way.
 
@@ -163,8 +172,11 @@ def run_ray_search(
     url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
     # fail early, here, on a missing or foreign supernet, unreadable data or a foreign study
     evaluator = load_evaluator(study, run_dir, url)
-    optuna_study = open_study(study, url, None, evaluator.weights_hash)
+    load_latency(study, url, device)  # a device never profiled fails here, not in a worker
+    optuna_study = open_study(study, url, None, evaluator.weights_hash, device)
     del evaluator
+    name = search_study_name(study, device)
+    metric_names, modes = search_objectives(device)
     reference = reference_mflops(study)
     before, _, _ = front_stats(optuna_study, reference)
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
@@ -172,14 +184,14 @@ def run_ray_search(
     space = _DefineByRun(study.space, tuple(study.search.rules))
     searcher = OptunaSearch(
         space=space,
-        metric=list(OBJECTIVES),
-        mode=list(MODES),
+        metric=list(metric_names),
+        mode=[mode[:3] for mode in modes],  # "maximize" -> "max"
         sampler=sampler,
-        study_name=study.name,
+        study_name=name,
         storage=open_storage(url),
     )
     tuner = tune.Tuner(
-        tune.with_parameters(_trainable, study=study, run_dir=str(run_dir), url=url),
+        tune.with_parameters(_trainable, study=study, run_dir=str(run_dir), url=url, device=device),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=trials,
@@ -203,7 +215,7 @@ def run_ray_search(
         except ConnectionError as err:
             raise RayBackendError(f"cannot reach the Ray cluster at {address!r}: {err}") from None
     started = time.perf_counter()
-    bar = tqdm(total=trials, desc=f"search {study.name} (ray)", unit="trial", disable=not progress)
+    bar = tqdm(total=trials, desc=f"search {name} (ray)", unit="trial", disable=not progress)
     done = threading.Event()
 
     def watch() -> None:  # the bar follows the database, like run_search's workers
@@ -236,7 +248,7 @@ def run_ray_search(
     misses = sum(not m.get("cache_hit", True) for m in metrics)
     miss_seconds = sum(float(m.get("validation_seconds", 0.0)) for m in metrics)
     return SearchSummary(
-        study_name=study.name,
+        study_name=name,
         storage=url,
         trials_added=hits + misses,
         trials_complete=complete,

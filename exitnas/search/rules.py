@@ -7,6 +7,10 @@ takes everything left. Confidence is one of:
 - ``entropy``: ``1 - H(p) / log K`` (RAViT, BranchyNet), 1 for a one-hot prediction;
 - ``margin``: the gap between the two largest probabilities.
 
+An :class:`ExitRule` may also name ``learned``: the score of a fitted
+:class:`~exitnas.policies.LearnedExitPolicy` (exported bundles carry the policy beside the rule).
+A threshold of ``inf`` means "never exit here" (written as ``null`` in JSON).
+
 The expected cost of a rule on a data set is ``mean_n cumsum(stage_costs)[exit_n]``: a sample
 that leaves at exit k pays for stages 1..k.
 """
@@ -22,6 +26,7 @@ from exitnas.errors import ConfigError
 from exitnas.spaces.study import EXIT_RULES
 
 __all__ = [
+    "LEARNED",
     "RULES",
     "ExitOutcome",
     "ExitRule",
@@ -33,28 +38,33 @@ __all__ = [
 ]
 
 RULES = EXIT_RULES  # max_softmax, entropy, margin (named where study files are validated)
+LEARNED = "learned"  # the score of a fitted LearnedExitPolicy: bundles and budget queries only
 
 
 @dataclass(frozen=True)
 class ExitRule:
     """A confidence rule and one threshold for every exit but the last."""
 
-    rule: str  # one of RULES
-    thresholds: tuple[float, ...]  # one per exit except the last, in [0, 1]
+    rule: str  # one of RULES, or LEARNED
+    thresholds: tuple[float, ...]  # one per exit except the last, in [0, 1] or inf (never)
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ConfigError(f"rule: {self.rule!r} is not allowed; allowed: {RULES}")
+        if self.rule not in (*RULES, LEARNED):
+            raise ConfigError(f"rule: {self.rule!r} is not allowed; allowed: {(*RULES, LEARNED)}")
         for t in self.thresholds:
-            if not 0.0 <= t <= 1.0:
-                raise ConfigError(f"thresholds: {t} must be in [0, 1]")
+            if not (0.0 <= t <= 1.0 or t == np.inf):
+                raise ConfigError(f"thresholds: {t} must be in [0, 1] (or inf: never exit)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "thresholds": list(self.thresholds)}
+        return {
+            "rule": self.rule,
+            "thresholds": [None if t == np.inf else t for t in self.thresholds],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExitRule:
-        return cls(str(data["rule"]), tuple(float(t) for t in data["thresholds"]))
+        thresholds = tuple(np.inf if t is None else float(t) for t in data["thresholds"])
+        return cls(str(data["rule"]), thresholds)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -5,6 +5,11 @@ file; running again loads it and adds trials. ``workers`` processes share it thr
 database; each runs its share of the requested trials, so exactly that many are added. The
 study records the study file's key, the exit rules and the hash of the supernet weights and
 validation split it was searched with, and refuses to continue with different ones.
+
+Searching for a profiled device (``device``) adds a third objective, the expected latency per
+image on that device, in a study of its own named ``<study>@<device>`` (an Optuna study's
+objectives are fixed); it shares the cached evaluations, so it costs no validation passes for
+architectures already seen.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from exitnas.supernet.train import WEIGHTS
 
 __all__ = [
     "DIRECTIONS",
+    "LATENCY_OBJECTIVE",
     "OBJECTIVES",
     "SearchSummary",
     "evaluation_key",
     "front_stats",
     "load_evaluator",
+    "load_latency",
     "load_searched_study",
     "load_searched",
     "load_validation",
@@ -50,10 +57,27 @@ __all__ = [
     "plan_search",
     "reference_mflops",
     "run_search",
+    "search_objectives",
+    "search_study_name",
 ]
 
 OBJECTIVES = ("accuracy", "mflops")
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
+LATENCY_OBJECTIVE = "latency_ms"  # the third objective of a device search (minimised)
+
+
+def search_study_name(study: StudyConfig, device: str | None = None) -> str:
+    """Name of the Optuna study: the study's, or ``<study>@<device>`` for a device search."""
+    return study.name if device is None else f"{study.name}@{device}"
+
+
+def search_objectives(
+    device: str | None = None,
+) -> tuple[tuple[str, ...], list[Literal["maximize", "minimize"]]]:
+    """Metric names and directions of a search (three with a device)."""
+    if device is None:
+        return OBJECTIVES, list(DIRECTIONS)
+    return (*OBJECTIVES, LATENCY_OBJECTIVE), [*DIRECTIONS, "minimize"]
 
 
 def reference_mflops(study: StudyConfig) -> float:
@@ -121,7 +145,7 @@ def _check_identity(
     optuna_study: optuna.Study, study: StudyConfig, url: str, key: str | None, rules: bool
 ) -> None:
     attrs = optuna_study.user_attrs
-    where = f"study {study.name!r} in {url}"
+    where = f"study {optuna_study.study_name!r} in {url}"
     if attrs.get("exitnas_study_key") != study.key():
         raise CheckpointError(
             f"{where} was searched for another study file (key "
@@ -144,23 +168,27 @@ def open_study(
     url: str,
     sampler: optuna.samplers.BaseSampler | None = None,
     key: str | None = None,
+    device: str | None = None,
 ) -> optuna.Study:
     """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it.
 
     Args:
         key: the :func:`evaluation_key` the study must have been searched with.
+        device: a profiled device: the three-objective study ``<study>@<device>``.
     """
+    names, directions = search_objectives(device)
     optuna_study = optuna.create_study(
-        study_name=study.name,
+        study_name=search_study_name(study, device),
         storage=open_storage(url),
         sampler=sampler,
-        directions=DIRECTIONS,
+        directions=directions,
         load_if_exists=True,
     )
     if "exitnas_study_key" not in optuna_study.user_attrs:
         with warnings.catch_warnings():  # experimental in Optuna; names the dashboard's axes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna_study.set_metric_names(list(OBJECTIVES))
+            optuna_study.set_metric_names(list(names))
+        optuna_study.set_user_attr("device", device)
         optuna_study.set_user_attr("exitnas_study_key", study.key())
         optuna_study.set_user_attr("exitnas_study", json.dumps(study.to_dict()))
         optuna_study.set_user_attr("rules", list(study.search.rules))
@@ -170,18 +198,25 @@ def open_study(
     return optuna_study
 
 
-def load_searched_study(study: StudyConfig, url: str, key: str | None = None) -> optuna.Study:
+def load_searched_study(
+    study: StudyConfig, url: str, key: str | None = None, device: str | None = None
+) -> optuna.Study:
     """Load (never create) the searched study of ``study`` from ``url`` and check it.
 
     The exit rules are not compared: every trial records its rule, so reading a study back
     does not depend on the study file's ``search`` section.
+
+    Args:
+        device: load the device search ``<study>@<device>`` instead.
     """
+    name = search_study_name(study, device)
+    hint = "exitnas search" + (f" --device {device}" if device else "")
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ExitnasError(f"no study named {study.name!r} in {url}; run exitnas search")
+        raise ExitnasError(f"no study named {name!r} in {url}; run {hint}")
     try:
-        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(url))
+        optuna_study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
-        raise ExitnasError(f"no study named {study.name!r} in {url}; run exitnas search") from None
+        raise ExitnasError(f"no study named {name!r} in {url}; run {hint}") from None
     _check_identity(optuna_study, study, url, key, rules=False)
     return optuna_study
 
@@ -202,10 +237,35 @@ def open_run(
     return model, study, resolve_storage_url(storage, study.search.storage, run_dir)
 
 
-def load_searched(study: StudyConfig, run_dir: Path, url: str) -> tuple[DataSplits, optuna.Study]:
-    """The data splits and the searched study, checked to be this supernet's and split's."""
+def load_searched(
+    study: StudyConfig, run_dir: Path, url: str, device: str | None = None
+) -> tuple[DataSplits, optuna.Study]:
+    """The data splits and the searched study, checked to be this supernet's and split's.
+
+    Args:
+        device: prefer the device search ``<study>@<device>`` when there is one (its front
+            includes latency); fall back to the study's own search.
+    """
     splits = load_validation(study)
-    return splits, load_searched_study(study, url, evaluation_key(run_dir, splits))
+    key = evaluation_key(run_dir, splits)
+    if device is not None:
+        names = optuna.get_all_study_names(open_storage(url)) if _exists(url) else []
+        if search_study_name(study, device) in names:
+            return splits, load_searched_study(study, url, key, device)
+    return splits, load_searched_study(study, url, key)
+
+
+def _exists(url: str) -> bool:
+    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()
+
+
+def load_latency(study: StudyConfig, url: str, device: str | None):
+    """The stored profile of ``device`` as per-stage costs (None without a device)."""
+    if device is None:
+        return None
+    from exitnas.policies.costs import load_device_costs
+
+    return load_device_costs(open_store(url), study, device, url)
 
 
 def plan_search(
@@ -220,7 +280,7 @@ def plan_search(
 
 
 def _optimize(
-    study_dict: dict, run_dir: str, url: str, trials: int, threads: int
+    study_dict: dict, run_dir: str, url: str, trials: int, threads: int, device: str | None
 ) -> tuple[int, int, float]:
     """One worker process: run ``trials`` trials; return cache hits, misses, miss seconds."""
     torch.set_num_threads(threads)
@@ -228,8 +288,9 @@ def _optimize(
     study = StudyConfig.from_dict(study_dict)
     evaluator = load_evaluator(study, Path(run_dir), url)
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
-    optuna_study.optimize(SearchObjective(evaluator, study.search.rules), n_trials=trials)
+    optuna_study = open_study(study, url, sampler, evaluator.weights_hash, device)
+    objective = SearchObjective(evaluator, study.search.rules, load_latency(study, url, device))
+    optuna_study.optimize(objective, n_trials=trials)
     return evaluator.hits, evaluator.misses, evaluator.miss_seconds
 
 
@@ -258,6 +319,7 @@ def run_search(
     trials: int | None = None,
     storage: str | None = None,
     workers: int = 1,
+    device: str | None = None,
     progress: bool = True,
 ) -> SearchSummary:
     """Add ``trials`` trials to the study's Optuna study (created on first use).
@@ -268,17 +330,22 @@ def run_search(
         trials: trials to add; the study's ``search.trials`` by default.
         storage: SQLAlchemy URL; the study's, else ``sqlite:///<run_dir>/study.db``.
         workers: processes running trials together on the same storage.
-        progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume.
+        device: a device profiled in the study's storage (``exitnas profile``): expected
+            latency on it becomes the third objective, in the study ``<study>@<device>``.
+        progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume (of the
+            accuracy-MFLOPs front).
     """
     run_dir = Path(run_dir)
     url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
     evaluator = load_evaluator(study, run_dir, url)  # fails early on a missing supernet
+    latency = load_latency(study, url, device)  # and on a device never profiled
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna_study = open_study(study, url, sampler, evaluator.weights_hash)
+    optuna_study = open_study(study, url, sampler, evaluator.weights_hash, device)
     reference = reference_mflops(study)
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     started = time.perf_counter()
-    bar = tqdm(total=trials, desc=f"search {study.name}", unit="trial", disable=not progress)
+    name = search_study_name(study, device)
+    bar = tqdm(total=trials, desc=f"search {name}", unit="trial", disable=not progress)
     with bar:
         if workers == 1:
             last = [0.0]
@@ -289,7 +356,7 @@ def run_search(
                     last[0] = time.perf_counter()
                     refresh_bar(bar, s, reference, started)
 
-            objective = SearchObjective(evaluator, study.search.rules)
+            objective = SearchObjective(evaluator, study.search.rules, latency)
             optuna_study.optimize(objective, n_trials=trials, callbacks=[tick])
             results = [(evaluator.hits, evaluator.misses, evaluator.miss_seconds)]
         else:
@@ -298,7 +365,7 @@ def run_search(
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=context) as pool:
                 futures = [
-                    pool.submit(_optimize, study.to_dict(), str(run_dir), url, n, threads)
+                    pool.submit(_optimize, study.to_dict(), str(run_dir), url, n, threads, device)
                     for n in shares
                 ]
                 while not all(f.done() for f in futures):
@@ -309,7 +376,7 @@ def run_search(
         complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
     hits, misses, miss_seconds = (sum(r[i] for r in results) for i in range(3))
     return SearchSummary(
-        study_name=study.name,
+        study_name=name,
         storage=url,
         trials_added=int(hits + misses),
         trials_complete=complete,

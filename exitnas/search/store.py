@@ -5,7 +5,9 @@
 PostgreSQL for several hosts). Its schema is versioned from the start: numbered migrations
 run through alembic's ``Operations`` and the applied version is kept in ``exitnas_schema``.
 :class:`ProfileStore` is the second interface, for the per-stage device profiles of a study
-(:class:`~exitnas.policies.profile.DeviceProfile`); :class:`SqlStore` implements both.
+(:class:`~exitnas.policies.profile.DeviceProfile`), :class:`PolicyStore` the third, for fitted
+exit policies (skops bytes, see :mod:`exitnas.policies.study_policy`); :class:`SqlStore`
+implements all three.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from exitnas.errors import ExitnasError
 if TYPE_CHECKING:  # exitnas.policies imports exitnas.search: import it where it is used
     from exitnas.policies.profile import DeviceProfile
 
-__all__ = ["CachedEvaluation", "EvaluationStore", "ProfileExistsError", "ProfileStore", "SqlStore"]
+__all__ = [
+    "CachedEvaluation",
+    "EvaluationStore",
+    "PolicyStore",
+    "ProfileExistsError",
+    "ProfileStore",
+    "SqlStore",
+    "StoredPolicy",
+]
 
 NAME_LENGTH = 200  # longest study or device name the profiles table holds
 
@@ -48,6 +58,18 @@ class CachedEvaluation:
     config_json: str  # the SubnetConfig, for reading the cache on its own
     logits: np.ndarray  # (num_exits, num_samples, num_classes), float32
     seconds: float  # wall-clock time the validation pass took
+
+
+@dataclass(frozen=True)
+class StoredPolicy:
+    """A fitted exit policy of a study, as stored."""
+
+    study_name: str
+    name: str  # e.g. "learned"
+    evaluation_key: str  # the cached logits it was fitted on (supernet weights + split)
+    created: str  # ISO 8601 UTC
+    info_json: str  # what was fitted on what (estimator, target, architectures, scores)
+    blob: bytes  # skops bytes of the StudyPolicy
 
 
 class EvaluationStore(abc.ABC):
@@ -95,6 +117,22 @@ class ProfileStore(abc.ABC):
         """Devices profiled for the study, sorted by name."""
 
 
+class PolicyStore(abc.ABC):
+    """Fitted exit policies of a study, one per ``(study, name)``; replaced only when asked."""
+
+    @abc.abstractmethod
+    def put_policy(self, policy: StoredPolicy, *, replace: bool = False) -> None:
+        """Store ``policy``.
+
+        Raises:
+            ProfileExistsError: a policy of that name exists and ``replace`` is False.
+        """
+
+    @abc.abstractmethod
+    def get_policy(self, study_name: str, name: str) -> StoredPolicy | None:
+        """The stored policy, or None."""
+
+
 def _create_table(op: Operations, name: str, *columns: sa.Column) -> None:
     """Create ``name`` unless it exists: SQLite commits DDL on its own, so an upgrade killed
     between a CREATE and its version row leaves the table behind; rerunning must not fail."""
@@ -127,6 +165,19 @@ def _migration_2(op: Operations) -> None:
     )
 
 
+def _migration_3(op: Operations) -> None:
+    _create_table(
+        op,
+        "exitnas_policies",
+        sa.Column("study_name", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("evaluation_key", sa.String(64), nullable=False),
+        sa.Column("created", sa.String(40), nullable=False),  # ISO 8601 UTC
+        sa.Column("info", sa.Text, nullable=False),  # JSON
+        sa.Column("policy", sa.LargeBinary, nullable=False),  # skops bytes
+    )
+
+
 def check_names(study_name: str, device: str) -> None:
     """Refuse names the profiles table cannot hold (before any measuring starts)."""
     if not device or len(device) > NAME_LENGTH:
@@ -135,7 +186,8 @@ def check_names(study_name: str, device: str) -> None:
         raise ExitnasError(f"study name: at most {NAME_LENGTH} characters for device profiles")
 
 
-MIGRATIONS = (_migration_1, _migration_2)  # append only; index + 1 is the schema version
+# append only; index + 1 is the schema version
+MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 POSTGRES_MIGRATION_LOCK = 0x65786974  # pg_advisory_xact_lock key ("exit") for upgrade()
 
 _metadata = sa.MetaData()
@@ -160,10 +212,21 @@ _profiles = sa.Table(
     sa.Column("profile", sa.Text),
 )
 
+_policies = sa.Table(
+    "exitnas_policies",
+    _metadata,
+    sa.Column("study_name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("evaluation_key", sa.String(64)),
+    sa.Column("created", sa.String(40)),
+    sa.Column("info", sa.Text),
+    sa.Column("policy", sa.LargeBinary),
+)
 
-class SqlStore(EvaluationStore, ProfileStore):
-    """:class:`EvaluationStore` and :class:`ProfileStore` on an SQLAlchemy URL (the study's
-    own database)."""
+
+class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
+    """:class:`EvaluationStore`, :class:`ProfileStore` and :class:`PolicyStore` on an
+    SQLAlchemy URL (the study's own database)."""
 
     def __init__(self, url: str, engine_kwargs: dict | None = None):
         self.engine = sa.create_engine(url, **(engine_kwargs or {}))
@@ -283,6 +346,43 @@ class SqlStore(EvaluationStore, ProfileStore):
         )
         with self._transaction() as conn:
             return [str(d) for d in conn.execute(query).scalars()]
+
+    def put_policy(self, policy: StoredPolicy, *, replace: bool = False) -> None:
+        check_names(policy.study_name, policy.name)
+        key = (_policies.c.study_name == policy.study_name, _policies.c.name == policy.name)
+        values = {
+            "study_name": policy.study_name,
+            "name": policy.name,
+            "evaluation_key": policy.evaluation_key,
+            "created": policy.created,
+            "info": policy.info_json,
+            "policy": policy.blob,
+        }
+        exists = ProfileExistsError(
+            f"study {policy.study_name!r} already has a policy named {policy.name!r}; "
+            "pass --replace (replace=True) to fit it again"
+        )
+        try:
+            with self._transaction() as conn:
+                if conn.execute(sa.select(sa.func.count()).where(*key)).scalar():
+                    if not replace:
+                        raise exists
+                    conn.execute(_policies.delete().where(*key))
+                conn.execute(_policies.insert().values(**values))
+        except sa.exc.IntegrityError:
+            raise exists from None
+
+    def get_policy(self, study_name: str, name: str) -> StoredPolicy | None:
+        query = sa.select(_policies).where(
+            _policies.c.study_name == study_name, _policies.c.name == name
+        )
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return StoredPolicy(
+            study_name, name, row.evaluation_key, row.created, row.info, bytes(row.policy)
+        )
 
 
 def _pack(array: np.ndarray) -> bytes:

@@ -109,7 +109,7 @@ def test_estimator_contract(train) -> None:
     with pytest.raises(NotFittedError):
         policy.score_samples(train[0])
     assert policy.fit(*train) is policy
-    assert policy.n_exits_ == 4 and policy.n_features_in_ == len(FEATURES)
+    assert policy.n_features_in_ == len(FEATURES)
     assert policy.classes_.tolist() == [0, 1]
     assert not hasattr(clone(policy), "estimator_")
 
@@ -136,8 +136,31 @@ def test_scores(fitted, val) -> None:
     # Scores rank correct predictions above wrong ones at every early exit.
     for k in range(3):
         assert scores[k][correct[k]].mean() > scores[k][~correct[k]].mean() + 0.2
-    with pytest.raises(ValueError, match="fitted on 4 exits"):
-        fitted.score_samples(val[0][:3])
+    # At run time only the first exits have run: same scores as offline for those exits.
+    partial = fitted.score_samples(val[0][:2], num_exits=4)
+    np.testing.assert_allclose(partial, scores[:2])
+    # Another configuration with fewer exits is scored too (features do not depend on E).
+    assert fitted.score_samples(val[0][:3]).shape == (3, 600)
+
+
+def test_pooled_fit_over_architectures(train) -> None:
+    logits, labels = train
+    pooled = LearnedExitPolicy(random_state=0).fit([logits, logits[1:]], labels)
+    assert pooled.score_samples(logits).shape == logits.shape[:2]
+    with pytest.raises(ValueError, match="at least one architecture"):
+        LearnedExitPolicy().fit([], labels)
+
+
+def test_pipeline_estimator_is_seeded(train) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=5))
+    first = LearnedExitPolicy(pipeline, random_state=4).fit(*train)
+    second = LearnedExitPolicy(pipeline, random_state=4).fit(*train)
+    assert first.estimator_.get_params()["randomforestclassifier__random_state"] is not None
+    np.testing.assert_array_equal(first.score_samples(train[0]), second.score_samples(train[0]))
 
 
 @pytest.mark.parametrize("right", [True, False])

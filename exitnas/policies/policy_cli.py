@@ -1,0 +1,295 @@
+"""``exitnas policy``: fit the learned exit policy of a study, and answer budget queries.
+
+- ``exitnas policy fit --study RUN`` pools the cached validation logits of the study's Pareto
+  architectures, fits a cross-fitted :class:`~exitnas.policies.study_policy.StudyPolicy` and
+  stores it (skops bytes) in the study's database.
+- ``exitnas policy query --study RUN --device NAME --budget-ms 2.5`` (or ``--budget-mflops
+  40``, device optional) prints, as JSON, the most accurate Pareto configuration and exit rule
+  within the budget, thresholds calibrated on the validation split, with the expected accuracy,
+  latency and FLOPs (:func:`~exitnas.policies.query.answer_budget`).
+
+:func:`query_run` is the same query for ``exitnas export --budget-...``.
+
+Example:
+    exitnas policy fit --study runs/quickstart
+    exitnas policy query --study runs/quickstart --device laptop --budget-ms 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from exitnas.argtypes import at_least
+from exitnas.policies.learned import TARGETS
+from exitnas.policies.study_policy import ESTIMATORS, PolicyError
+
+__all__ = ["DEFAULT_POLICY", "QueryResult", "add_policy_parser", "budget_from_args", "query_run"]
+
+DEFAULT_POLICY = "learned"  # name the fitted policy is stored under
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A budget query on a run, with what exporting its answer needs."""
+
+    answer: Any  # BudgetAnswer
+    model: Any  # the supernet
+    study: Any  # StudyConfig
+    splits: Any  # DataSplits (normalisation)
+    policy_blob: bytes | None  # the deployed policy (skops) when the answer's rule is learned
+    policy_name: str | None  # the stored policy offered to the query, if any
+
+
+def _front_candidates(
+    study: Any, run: Path, url: str, splits: Any, optuna_study: Any, costs: Any
+) -> list[Any]:
+    """Pareto points (one per configuration and rule) with their validation logits."""
+    from exitnas.policies.query import Candidate
+    from exitnas.search.export import pareto_points
+    from exitnas.search.runner import load_evaluator
+
+    evaluator = load_evaluator(study, run, url, splits)
+    seen: set[tuple[str, str]] = set()
+    candidates = []
+    for point in pareto_points(optuna_study, study.space):
+        key = (point.config.key(), point.rule.rule)
+        if key in seen:
+            continue
+        seen.add(key)
+        logits, _ = evaluator.logits(point.config)
+        ms, measured = (None, None) if costs is None else costs.stage_ms(study.space, point.config)
+        candidates.append(Candidate(point, logits, ms, measured))
+    return candidates
+
+
+def _load_policy(store: Any, study: Any, name: str, key: str, required: bool) -> Any:
+    """The stored policy ``name`` (checked against the evaluation key) and its record, or
+    ``(None, None)``."""
+    from exitnas.policies.study_policy import policy_from_bytes
+
+    stored = store.get_policy(study.name, name)
+    if stored is None:
+        if required:
+            raise PolicyError(
+                f"study {study.name!r} has no fitted policy named {name!r}; run exitnas policy fit"
+            )
+        return None, None
+    if stored.evaluation_key != key:
+        raise PolicyError(
+            f"policy {name!r} was fitted on other supernet weights or another validation "
+            "split; fit it again: exitnas policy fit --replace"
+        )
+    return policy_from_bytes(stored.blob, f"stored policy {name!r}"), stored
+
+
+def budget_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~exitnas.policies.query.Budget` of ``--budget-ms`` / ``--budget-mflops``."""
+    from exitnas.policies.query import Budget, BudgetError
+
+    if args.budget_ms is not None:
+        if args.device is None:
+            raise BudgetError("--budget-ms needs --device (a device profiled for this study)")
+        return Budget("ms", args.budget_ms)
+    return Budget("mflops", args.budget_mflops)
+
+
+def query_run(
+    run: Path,
+    budget: Any,
+    *,
+    device: str | None = None,
+    storage: str | None = None,
+    data: Path | None = None,
+    policy: str | None = DEFAULT_POLICY,
+) -> QueryResult:
+    """Answer a budget query on a trained and searched run.
+
+    Args:
+        run: the run folder.
+        budget: the :class:`~exitnas.policies.query.Budget`.
+        device: a device profiled for the study (needed for a budget in ms); its latencies are
+            reported either way. Its device search (``search --device``) is used when present.
+        storage, data: as for ``exitnas search``.
+        policy: name of a stored learned policy to offer beside the confidence rules (used when
+            fitted; ``None``: confidence rules only).
+
+    Raises:
+        ExitnasError: unknown device, stale policy, impossible budget, missing study...
+    """
+    from exitnas.policies.query import answer_budget
+    from exitnas.policies.study_policy import policy_to_bytes
+    from exitnas.search.runner import evaluation_key, load_latency, load_searched, open_run
+    from exitnas.search.storage import open_store
+
+    model, study, url = open_run(run, storage, data)
+    splits, optuna_study = load_searched(study, run, url, device)
+    costs = load_latency(study, url, device)
+    key = evaluation_key(run, splits)
+    fitted, stored = (None, None)
+    if policy is not None:
+        fitted, stored = _load_policy(open_store(url), study, policy, key, required=False)
+    candidates = _front_candidates(study, run, url, splits, optuna_study, costs)
+    answer = answer_budget(
+        candidates, splits.val.labels.numpy(), budget, policy=fitted, device=device
+    )
+    blob = None
+    if answer.rule.rule == "learned":
+        assert fitted is not None  # only offered when fitted
+        blob = policy_to_bytes(fitted, deployed_only=True)
+    return QueryResult(answer, model, study, splits, blob, policy if stored else None)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import numpy as np
+    import optuna
+    from sklearn.metrics import roc_auc_score
+
+    from exitnas.policies.study_policy import fit_study_policy, policy_to_bytes
+    from exitnas.search.rules import confidences, softmax
+    from exitnas.search.runner import evaluation_key, load_searched, open_run
+    from exitnas.search.storage import open_store
+    from exitnas.search.store import ProfileExistsError, StoredPolicy, check_names
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = Path(args.study)
+    model, study, url = open_run(run, args.storage, args.data)
+    check_names(study.name, args.name)
+    splits, optuna_study = load_searched(study, run, url)
+    store = open_store(url)
+    if store.get_policy(study.name, args.name) is not None and not args.replace:
+        raise ProfileExistsError(
+            f"study {study.name!r} already has a policy named {args.name!r}; pass --replace"
+        )
+    candidates = _front_candidates(study, run, url, splits, optuna_study, None)
+    logits = list({c.point.config.key(): c.logits for c in candidates}.values())
+    labels = splits.val.labels.numpy()
+    key = evaluation_key(run, splits)
+    try:
+        policy = fit_study_policy(
+            logits,
+            labels,
+            estimator=args.estimator,
+            target=args.target,
+            folds=args.folds,
+            random_state=study.seed,
+            info={"evaluation_key": key, "study": study.name},
+        )
+    except ValueError as err:
+        raise PolicyError(f"cannot fit a policy on study {study.name!r}: {err}") from None
+    # How well scores rank right and wrong predictions at early exits, out of fold.
+    learned, softmax_conf, correct = [], [], []
+    for array in (a for a in logits if a.shape[0] > 1):
+        learned.append(policy.validation_scores(array)[:-1].ravel())
+        softmax_conf.append(confidences(softmax(array), "max_softmax")[:-1].ravel())
+        correct.append((array.argmax(-1) == labels[None, :])[:-1].ravel())
+    y = np.concatenate(correct)
+    auc = {}
+    if 0 < y.mean() < 1:
+        auc = {
+            "auc_learned": float(roc_auc_score(y, np.concatenate(learned))),
+            "auc_max_softmax": float(roc_auc_score(y, np.concatenate(softmax_conf))),
+        }
+    policy.info.update(auc)
+    stored = StoredPolicy(
+        study.name,
+        args.name,
+        key,
+        datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        json.dumps(policy.info, sort_keys=True),
+        policy_to_bytes(policy),
+    )
+    store.put_policy(stored, replace=args.replace)
+    scores = (
+        f"; out-of-fold ROC-AUC of 'exit k is correct': learned {auc['auc_learned']:.4f}, "
+        f"max-softmax {auc['auc_max_softmax']:.4f}"
+        if auc
+        else ""
+    )
+    print(
+        f"policy {args.name!r} of study {study.name!r}: {args.estimator} on "
+        f"{policy.info['rows']} exit decisions ({policy.info['architectures']} Pareto "
+        f"architectures x {labels.size} validation images){scores} -> {url}"
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result = query_run(
+        Path(args.study),
+        budget_from_args(args),
+        device=args.device,
+        storage=args.storage,
+        data=args.data,
+        policy=None if args.no_policy else args.name,
+    )
+    document = result.answer.to_dict()
+    document["policy"] = result.policy_name
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """``--device``, ``--budget-ms`` / ``--budget-mflops`` (shared with ``exitnas export``)."""
+    parser.add_argument(
+        "--device", metavar="NAME", help="a device profiled for the study (exitnas profile)"
+    )
+    budget = parser.add_mutually_exclusive_group(required=required)
+    budget.add_argument(
+        "--budget-ms",
+        type=float,
+        metavar="MS",
+        help="expected latency per image on --device (batch size 1)",
+    )
+    budget.add_argument(
+        "--budget-mflops", type=float, metavar="MFLOPS", help="expected MFLOPs per image"
+    )
+
+
+def add_policy_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``exitnas policy {fit,query}`` on the main parser's subcommands."""
+    policy = commands.add_parser(
+        "policy", help="fit the learned exit policy; query the best configuration for a budget"
+    )
+    actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = actions.add_parser("fit", help="fit the learned exit policy on validation logits")
+    query = actions.add_parser(
+        "query", help="the most accurate configuration and exit rule within a budget (JSON)"
+    )
+    for parser in (fit, query):
+        parser.add_argument(
+            "--study", type=Path, required=True, metavar="RUN_DIR", help="run folder"
+        )
+        parser.add_argument(
+            "--name", default=DEFAULT_POLICY, help=f"policy name (default {DEFAULT_POLICY})"
+        )
+        parser.add_argument(
+            "--storage", metavar="URL", help="SQLAlchemy URL (default: the search's)"
+        )
+        parser.add_argument(
+            "--data",
+            type=Path,
+            metavar="PATH",
+            help="image folder or tar tree; overrides data.path",
+        )
+    fit.add_argument("--estimator", choices=ESTIMATORS, default="boosting")
+    fit.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="correct",
+        help="what the policy predicts: the exit is correct, or agrees with the last exit",
+    )
+    fit.add_argument("--folds", type=at_least(2), default=2, help="cross-fitting folds")
+    fit.add_argument("--replace", action="store_true", help="replace a stored policy")
+    fit.set_defaults(handler=_fit)
+    add_budget_arguments(query, required=True)
+    query.add_argument("--no-policy", action="store_true", help="offer only the confidence rules")
+    query.set_defaults(handler=_query)
+    return policy
