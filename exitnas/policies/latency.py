@@ -61,6 +61,7 @@ def latency_design(stages: Sequence[StageFeatures], method: str = "linear") -> n
         bs, blocks, tokens = float(s.batch_size), float(s.blocks), float(s.tokens)
         heads = [float(s.head == h) for h in HEAD_TYPES]
         opens = float(s.opens_branch)
+        refines = opens * float(s.refine_fraction > 0)
         if method == "linear":
             rows.append(
                 [
@@ -69,8 +70,13 @@ def latency_design(stages: Sequence[StageFeatures], method: str = "linear") -> n
                     tokens * blocks * bs * s.embed_dim / 1e6,  # norms, activations (memory)
                     blocks,  # per-block dispatch overhead
                     bs,  # per-image overhead
-                    opens,  # branch embedding and reuse overhead
+                    opens,  # branch embedding overhead
                     opens * bs * s.grid**2 / 1e3,  # resizing and patchifying the images
+                    s.keeps,  # token keeping: top-k, gathers, fusion (per step)
+                    s.keeps * bs * tokens / 1e3,  # ... and the tokens they move
+                    float(s.reuses),  # reusing the previous branch's class token
+                    refines,  # CF-ViT: choosing informative tokens, re-splitting them
+                    refines * bs * tokens / 1e3,
                     *heads,  # per-head dispatch overhead
                 ]
             )
@@ -87,6 +93,8 @@ def latency_design(stages: Sequence[StageFeatures], method: str = "linear") -> n
                     s.keep_rate,
                     s.refine_fraction,
                     s.embed_dim,
+                    s.keeps,
+                    float(s.reuses),
                     *heads,
                 ]
             )

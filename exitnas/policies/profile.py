@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 PROFILE_FORMAT = "exitnas.device_profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: stage features gained keeps and reuses
 
 
 class ProfileError(ExitnasError, ValueError):
@@ -71,6 +71,8 @@ class StageFeatures:
     keep_rate: float  # the branch's EViT keep rate (1.0: no token dropping)
     refine_fraction: float  # the branch's CF-ViT re-split fraction, 0.0 for a full grid
     embed_dim: int  # width of the backbone
+    keeps: int  # token-keeping steps (EViT top-k and fusion) inside the stage
+    reuses: bool  # the stage opens a branch that takes in the previous branch's class token
 
     def signature(self) -> tuple:
         """Identity of the stage's workload regardless of batch size (for grouped splits)."""
@@ -115,10 +117,12 @@ def stage_features(
                 scale = branch.grid // prev.grid
                 tokens = prev.grid**2 - split + split * scale * scale
         entering = tokens + 1
+        keeps = 0
         for layer in range(stage.start, stage.end):
             if layer + 1 in keep_layers and branch.keep_rate < 1.0:
                 kept = kept_count(branch.keep_rate, tokens)
                 tokens = kept + 1 if kept < tokens else tokens
+                keeps += 1
         out.append(
             StageFeatures(
                 config_key=key,
@@ -133,6 +137,8 @@ def stage_features(
                 keep_rate=branch.keep_rate,
                 refine_fraction=branch.refine_fraction or 0.0,
                 embed_dim=space.backbone.embed_dim,
+                keeps=keeps,
+                reuses=stage.start == 0 and stage.branch > 0 and config.reuse,
             )
         )
     return out

@@ -3,11 +3,13 @@
 For every configuration of a study's Pareto front and every exit rule on offer (the
 configuration's own confidence rule, and the learned policy when one is fitted), thresholds
 are calibrated on the validation split for the budget
-(:func:`~exitnas.policies.learned.calibrate_thresholds`, MSDNet's protocol); the answer is the
-(configuration, rule) with the highest validation accuracy whose expected cost stays within it
-(the cheaper one among ties). The budget is in milliseconds per image on a profiled device
-(stage latencies at batch size 1, measured or predicted by the device's latency model) or in
-MFLOPs per image.
+(:func:`~exitnas.policies.learned.calibrate_thresholds`, MSDNet's protocol); the thresholds the
+search found are kept on offer too, so the answer is never less accurate than a Pareto point
+within the budget. The answer is the (configuration, rule) with the highest validation
+accuracy whose expected cost stays within it (the cheaper one among ties).
+
+The budget is in milliseconds per image on a profiled device (stage latencies at batch size 1,
+measured or predicted by the device's latency model) or in MFLOPs per image.
 
 Example:
     >>> answer = answer_budget(candidates, labels, Budget("ms", 2.5), policy=policy)
@@ -170,15 +172,19 @@ def answer_budget(
         if policy is not None and logits.shape[0] > 1:
             offers.append((LEARNED, policy.validation_scores(logits)))
         for name, scores in offers:
-            thresholds = calibrate_thresholds(scores, correct, cost, budget.value, num_candidates)
-            taken = exit_indices(scores, thresholds)
-            outcome = score_exits(taken, correct, np.cumsum(cost))
-            if outcome.expected_flops > budget.value * (1 + 1e-12):  # "flops" = cost units here
-                continue
-            options += 1
-            key = (outcome.accuracy, -outcome.expected_flops)
-            if best is None or key > best[0]:
-                best = (key, candidate, ExitRule(name, tuple(thresholds.tolist())), taken)
+            calibrated = calibrate_thresholds(scores, correct, cost, budget.value, num_candidates)
+            tries = [calibrated]
+            if name == own:  # the searched thresholds too: never worse than the point itself
+                tries.append(np.asarray(candidate.point.rule.thresholds, dtype=np.float64))
+            for thresholds in tries:
+                taken = exit_indices(scores, thresholds)
+                outcome = score_exits(taken, correct, np.cumsum(cost))  # "flops": cost units
+                if outcome.expected_flops > budget.value * (1 + 1e-12):
+                    continue
+                options += thresholds is calibrated
+                key = (outcome.accuracy, -outcome.expected_flops)
+                if best is None or key > best[0]:
+                    best = (key, candidate, ExitRule(name, tuple(thresholds.tolist())), taken)
     assert best is not None  # the cheapest candidate's first exit always fits
     _, chosen, rule, taken = best
     correct = chosen.logits.argmax(axis=-1) == labels[None, :]
