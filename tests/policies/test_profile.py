@@ -130,7 +130,7 @@ def test_incomplete_or_missing_profile(measured, tmp_path) -> None:
     path.write_text(text.replace('"median_ms"', '"median"'))
     with pytest.raises(ProfileError, match="cut.json"):
         DeviceProfile.load(path)
-    path.write_text(text.replace('"version": 1', '"version": 99'))
+    path.write_text(text.replace('"version": 2', '"version": 99'))
     with pytest.raises(ProfileError, match="version"):
         DeviceProfile.load(path)
 
