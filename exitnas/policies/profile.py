@@ -20,7 +20,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,79 +150,112 @@ def _batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return images.repeat(reps, 1, 1, 1)[:batch_size].contiguous()
 
 
+def _time_stages(
+    model: ExitViT, images: torch.Tensor, batch_size: int, warmup: int, repeats: int
+) -> np.ndarray:
+    """``(repeats, stages)`` milliseconds of every stage of ``model`` at ``batch_size``.
+
+    The input state of each stage is produced by running the stages before it, untimed; then
+    every stage runs ``warmup`` times untimed and ``repeats`` times timed, round-robin over the
+    stages (a burst of load from another process is spread over all of them).
+    """
+    stages = plan_stages(model.config)
+    device = next(model.parameters()).device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    states = [CascadeState(images=_batch(images, batch_size).to(device))]
+    for stage in stages:  # each stage's input, prepared untimed
+        states.append(model.run_stage(stage, states[-1]))
+    for _ in range(warmup):
+        for stage, state in zip(stages, states, strict=False):
+            model.run_stage(stage, state)
+    sync()
+    samples = np.zeros((repeats, len(stages)))
+    for r in range(repeats):
+        for i, (stage, state) in enumerate(zip(stages, states, strict=False)):
+            start = time.perf_counter()
+            model.run_stage(stage, state)
+            sync()
+            samples[r, i] = (time.perf_counter() - start) * 1e3
+    return samples
+
+
 def measure_stage_latencies(
-    model: ExitViT,
+    models: ExitViT | Sequence[ExitViT],
     images: torch.Tensor,
     *,
     batch_sizes: Sequence[int] = (1, 32),
     warmup: int = 3,
     repeats: int = 10,
     threads: int | None = None,
+    passes: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> list[StageTiming]:
-    """Time every stage of ``model`` on its own, at each batch size.
+    """Time every stage of one or several sub-networks on their own, at each batch size.
 
-    For each batch size the input state of each stage is produced by running the stages before
-    it, outside the timed region; then every stage runs ``warmup`` times untimed and ``repeats``
-    times timed, round-robin over the stages (so a burst of load from another process does not
-    land on one stage alone), in eval mode under ``torch.inference_mode()``. The model's
-    training flag and torch's thread count are restored afterwards.
+    Each stage's input is prepared outside the timed region; each (stage, batch size) is timed
+    ``repeats`` times after ``warmup`` untimed runs, in eval mode under
+    ``torch.inference_mode()``. With several models and ``passes > 1`` the repeats are split
+    into passes over all models, so a slow drift of the machine's speed (other tenants, clock
+    changes: seconds long, +-10 % on a shared 2-core VM) lands on every model alike instead of
+    on the few measured while it lasted. Training flags and torch's thread count are restored.
 
     Args:
-        model: an extracted sub-network (on the device to profile).
+        models: extracted sub-networks (on the device to profile).
         images: ``(n, in_chans, H, W)`` normalised images, repeated or cut to each batch size.
         batch_sizes: batch sizes to time.
-        warmup: untimed runs of every stage before timing, at each batch size.
-        repeats: timed runs of each (stage, batch size); at least 1.
+        warmup: untimed runs of every stage before timing, at each batch size and pass.
+        repeats: timed runs of each (stage, batch size); at least ``passes``.
         threads: torch intra-op threads while timing; the current count when None.
+        passes: interleaved passes over the models the repeats are split into.
+        progress: called after each model's share of a pass.
 
     Returns:
-        One :class:`StageTiming` per (stage, batch size), stages in cascade order within each
-        batch size.
+        One :class:`StageTiming` per (model, batch size, stage), in model order, then batch
+        size, then cascade order.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    models = [models] if isinstance(models, ExitViT) else list(models)
+    if repeats < 1 or warmup < 0 or not 1 <= passes <= repeats:
+        raise ValueError(
+            f"need repeats >= 1, warmup >= 0 and 1 <= passes <= repeats; got repeats={repeats}, "
+            f"warmup={warmup}, passes={passes}"
+        )
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes must be positive, got {tuple(batch_sizes)}")
-    stages = plan_stages(model.config)
-    device = next(model.parameters()).device
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    previous_threads, was_training = torch.get_num_threads(), model.training
-    timings: list[StageTiming] = []
+    shares = [repeats // passes + (p < repeats % passes) for p in range(passes)]
+    samples: dict[tuple[int, int], list[np.ndarray]] = {
+        (i, bs): [] for i in range(len(models)) for bs in batch_sizes
+    }
+    previous_threads = torch.get_num_threads()
+    was_training = [model.training for model in models]
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        model.eval()
         with torch.inference_mode():
-            for bs in batch_sizes:
-                states = [CascadeState(images=_batch(images, bs).to(device))]
-                for stage in stages:  # each stage's input, prepared untimed
-                    states.append(model.run_stage(stage, states[-1]))
-                for _ in range(warmup):
-                    for stage, state in zip(stages, states, strict=False):
-                        model.run_stage(stage, state)
-                sync()
-                # Round-robin over the stages: a burst of contention from another process is
-                # spread over every stage's samples instead of spoiling one stage's median.
-                samples = np.zeros((repeats, len(stages)))
-                for r in range(repeats):
-                    for i, (stage, state) in enumerate(zip(stages, states, strict=False)):
-                        start = time.perf_counter()
-                        model.run_stage(stage, state)
-                        sync()
-                        samples[r, i] = (time.perf_counter() - start) * 1e3
-                p10, median, p90 = np.percentile(samples, [10, 50, 90], axis=0)
-                for i, feats in enumerate(stage_features(model.space, model.config, bs)):
-                    timings.append(
-                        StageTiming(
-                            **asdict(feats),
-                            median_ms=float(median[i]),
-                            p10_ms=float(p10[i]),
-                            p90_ms=float(p90[i]),
-                        )
-                    )
+            for share in shares:
+                for i, model in enumerate(models):
+                    model.eval()
+                    for bs in batch_sizes:
+                        samples[i, bs].append(_time_stages(model, images, bs, warmup, share))
+                    if progress is not None:
+                        progress()
     finally:
         torch.set_num_threads(previous_threads)
-        model.train(was_training)
+        for model, training in zip(models, was_training, strict=True):
+            model.train(training)
+    timings: list[StageTiming] = []
+    for i, model in enumerate(models):
+        for bs in batch_sizes:
+            times = np.concatenate(samples[i, bs])
+            p10, median, p90 = np.percentile(times, [10, 50, 90], axis=0)
+            for k, feats in enumerate(stage_features(model.space, model.config, bs)):
+                timings.append(
+                    StageTiming(
+                        **asdict(feats),
+                        median_ms=float(median[k]),
+                        p10_ms=float(p10[k]),
+                        p90_ms=float(p90[k]),
+                    )
+                )
     return timings
 
 

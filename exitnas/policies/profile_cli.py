@@ -71,7 +71,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     check_names(study.name, args.device)
     splits, optuna_study = load_searched(study, run, url)
     store = open_store(url)  # after the study check: a wrong URL creates no database
-    if store.get_profile(study.name, args.device) is not None and not args.replace:
+    if args.device in store.list_devices(study.name) and not args.replace:
         raise ProfileExistsError(
             f"device {args.device!r} is already profiled for study {study.name!r} in {url}; "
             "pass --replace to measure it again"
@@ -88,17 +88,18 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
         configs.setdefault(config.key(), config)
     images = normalize(splits.val.images[: max(args.batch_sizes)], splits.mean, splits.std)
     started = time.perf_counter()
-    timings = []
-    bar = tqdm(configs.values(), desc=f"profile {args.device}", unit="config")
-    for config in bar:
-        subnet = model.extract(config).to(device)
-        timings += measure_stage_latencies(
-            subnet,
+    subnets = [model.extract(config).to(device) for config in configs.values()]
+    passes = min(args.passes, args.repeats)
+    with tqdm(total=passes * len(subnets), desc=f"profile {args.device}", unit="config") as bar:
+        timings = measure_stage_latencies(
+            subnets,
             images,
             batch_sizes=args.batch_sizes,
             warmup=args.warmup,
             repeats=args.repeats,
             threads=args.threads,
+            passes=passes,
+            progress=lambda: bar.update(1),
         )
     profile = DeviceProfile.create(
         timings,
@@ -177,12 +178,14 @@ def _evaluate(args: argparse.Namespace, study: Any, url: str) -> int:
 
     profile = _stored(args, study, url)
     try:
-        scores = StageLatencyModel().evaluate(profile.timings)
+        scores = StageLatencyModel().evaluate(profile.timings, n_splits=args.splits)
     except ValueError as err:
         raise ProfileError(f"profile of device {args.device!r}: {err}") from None
+    splits = scores["mdape_splits"]
     print(
         f"latency model on device {args.device!r}: held-out MdAPE {scores['mdape']:.1%} "
-        f"({scores['n_train']} train / {scores['n_test']} test stage timings)"
+        f"(median of {len(splits)} splits, range {min(splits):.1%}-{max(splits):.1%}; "
+        f"{scores['n_train']} train / {scores['n_test']} test stage timings)"
     )
     return 0
 
@@ -261,9 +264,23 @@ def add_profile_parser(commands: Any) -> argparse.ArgumentParser:
     profile.add_argument(
         "--repeats",
         type=at_least(1),
+        default=50,
+        metavar="N",
+        help="timed runs per stage (default 50)",
+    )
+    profile.add_argument(
+        "--passes",
+        type=at_least(1),
         default=10,
         metavar="N",
-        help="timed runs per stage (default 10)",
+        help="interleaved passes over all configs the repeats are split into (default 10)",
+    )
+    profile.add_argument(
+        "--splits",
+        type=at_least(1),
+        default=10,
+        metavar="N",
+        help="--evaluate: random held-out splits (default 10)",
     )
     profile.add_argument(
         "--warmup",
