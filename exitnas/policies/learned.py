@@ -30,7 +30,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
 
-__all__ = ["FEATURES", "TARGETS", "LearnedExitPolicy", "calibrate_thresholds", "exit_features"]
+__all__ = [
+    "FEATURES",
+    "TARGETS",
+    "LearnedExitPolicy",
+    "calibrate_thresholds",
+    "default_estimator",
+    "exit_features",
+]
 
 FEATURES = (
     "max_probability",  # largest class probability of this exit
@@ -40,6 +47,8 @@ FEATURES = (
     "agreement_fraction",  # share of earlier exits whose argmax equals this one's (0 at exit 0)
     "previous_max_probability",  # running max of earlier exits' max probability (0 at exit 0)
     "exit_position",  # exit index / (E - 1), 0 for a single exit
+    "ensemble_probability",  # mean over this and earlier exits of the predicted class's prob.
+    "previous_class_probability",  # previous exit's probability of this prediction (0 at 0)
 )
 TARGETS = ("correct", "final")
 
@@ -103,6 +112,13 @@ def exit_features(logits: np.ndarray, num_exits: int | None = None) -> np.ndarra
     position = np.arange(num_given, dtype=np.float64) / max(num_exits - 1, 1)
     position = np.broadcast_to(position[:, None], max_prob.shape)
 
+    # probs[j, n, preds[i, n]]: every exit's probability of exit i's predicted class
+    of_class = np.take_along_axis(probs[None], preds[:, None, :, None], axis=-1)[..., 0]
+    upto = np.tril(np.ones((num_given, num_given)))  # j <= i
+    ensemble = (of_class * upto[:, :, None]).sum(axis=1) / upto.sum(axis=1)[:, None]
+    previous_of_class = np.zeros_like(max_prob)
+    previous_of_class[1:] = of_class[np.arange(1, num_given), np.arange(num_given - 1)]
+
     columns = (
         max_prob,
         confidences(probs, "margin"),
@@ -111,6 +127,8 @@ def exit_features(logits: np.ndarray, num_exits: int | None = None) -> np.ndarra
         agreement_fraction,
         previous_max,
         position,
+        ensemble,
+        previous_of_class,
     )
     return np.stack(columns, axis=-1)  # (E, N, F)
 
@@ -210,14 +228,26 @@ def calibrate_thresholds(
     return best
 
 
+def default_estimator(random_state: Any = None) -> HistGradientBoostingClassifier:
+    """The policy's default classifier: gradient-boosted trees, regularised (small trees, a
+    slow learning rate, 40 rows a leaf) so that a few thousand exit decisions do not overfit."""
+    return HistGradientBoostingClassifier(
+        max_iter=150,
+        learning_rate=0.05,
+        max_leaf_nodes=15,
+        min_samples_leaf=40,
+        random_state=random_state,
+    )
+
+
 class LearnedExitPolicy(BaseEstimator):
     """Learned exit policy: a classifier scores how far each exit's prediction can be trusted.
 
     Args:
         estimator: an unfitted scikit-learn classifier with ``predict_proba``; ``None`` uses
-            ``HistGradientBoostingClassifier(random_state=random_state)``, which wants a few
-            thousand training samples; give a more regularised one (fewer, shallower trees, or
-            ``LogisticRegression``) for small splits. It is cloned at fit.
+            :func:`default_estimator` (regularised gradient-boosted trees, for a few thousand
+            exit decisions); give ``LogisticRegression`` for very small splits. It is cloned
+            at fit.
         target: ``"correct"`` (the exit's prediction is correct) or ``"final"`` (it equals the
             last exit's prediction).
         random_state: seed, ``numpy.random.Generator`` or ``RandomState`` for the classifier
@@ -251,7 +281,7 @@ class LearnedExitPolicy(BaseEstimator):
 
     def _make_estimator(self) -> Any:
         if self.estimator is None:
-            return HistGradientBoostingClassifier(random_state=self._seed())
+            return default_estimator(random_state=self._seed())
         estimator = clone(self.estimator)
         seed = None
         for name, value in estimator.get_params().items():  # also a Pipeline's steps

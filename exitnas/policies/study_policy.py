@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import skops.io as sio
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from exitnas.errors import ExitnasError
-from exitnas.policies.learned import TARGETS, LearnedExitPolicy
+from exitnas.policies.learned import TARGETS, LearnedExitPolicy, default_estimator
 
 __all__ = [
     "ESTIMATORS",
@@ -65,9 +64,7 @@ def make_estimator(name: str) -> Any:
     ``logistic``: standardised features and a logistic regression.
     """
     if name == "boosting":
-        return HistGradientBoostingClassifier(
-            max_iter=150, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40
-        )
+        return default_estimator()
     if name == "logistic":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     raise ValueError(f"estimator: {name!r} is not allowed; allowed: {ESTIMATORS}")

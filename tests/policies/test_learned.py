@@ -7,6 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from exitnas.policies import (
@@ -57,7 +58,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def train() -> tuple[np.ndarray, np.ndarray]:
-    # The default gradient boosting overfits a few hundred samples; 2,000 (6,000 rows) suffice.
+    # 2,000 samples: 6,000 exit decisions, what the default boosting is regularised for
     return synthetic(np.random.default_rng(0), num_samples=2000)
 
 
@@ -133,9 +134,17 @@ def test_scores(fitted, val) -> None:
     assert scores.shape == (4, 600)
     np.testing.assert_array_equal(scores[-1], 1.0)
     correct = val[0].argmax(axis=-1) == val[1]
-    # Scores rank correct predictions above wrong ones at every early exit.
+    # Scores rank correct predictions above wrong ones at every early exit, at least as well
+    # as the max-softmax confidence does (better where earlier exits add evidence).
+    confidence = softmax(val[0]).max(axis=-1)
     for k in range(3):
-        assert scores[k][correct[k]].mean() > scores[k][~correct[k]].mean() + 0.2
+        learned, baseline = (
+            roc_auc_score(correct[k], scores[k]),
+            roc_auc_score(correct[k], confidence[k]),
+        )
+        assert learned > 0.7 and learned >= baseline - 0.01
+        if k > 0:
+            assert learned > baseline + 0.02
     # At run time only the first exits have run: same scores as offline for those exits.
     partial = fitted.score_samples(val[0][:2], num_exits=4)
     np.testing.assert_allclose(partial, scores[:2])
