@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(handler=_search)
 
+    from exitnas.pipeline import add_run_parser
     from exitnas.policies.policy_cli import add_policy_parser
     from exitnas.policies.profile_cli import add_profile_parser
     from exitnas.reports.cli import add_report_parser
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(commands)
     add_profile_parser(commands)
     add_policy_parser(commands)
+    add_run_parser(commands)
     return parser
 
 

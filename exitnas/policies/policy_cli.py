@@ -28,7 +28,14 @@ from exitnas.argtypes import at_least
 from exitnas.policies.learned import TARGETS
 from exitnas.policies.study_policy import ESTIMATORS, PolicyError
 
-__all__ = ["DEFAULT_POLICY", "QueryResult", "add_policy_parser", "budget_from_args", "query_run"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "QueryResult",
+    "add_policy_parser",
+    "budget_from_args",
+    "fit_run_policy",
+    "query_run",
+]
 
 DEFAULT_POLICY = "learned"  # name the fitted policy is stored under
 
@@ -144,26 +151,44 @@ def query_run(
     return QueryResult(answer, model, study, splits, blob, policy if stored else None)
 
 
-def _fit(args: argparse.Namespace) -> int:
+def fit_run_policy(
+    run: Path,
+    study: Any,
+    url: str,
+    *,
+    name: str = DEFAULT_POLICY,
+    estimator: str = "boosting",
+    target: str = "correct",
+    folds: int = 2,
+    replace: bool = False,
+) -> Any:
+    """Fit the learned exit policy of a searched run and store it (``exitnas policy fit``).
+
+    Returns:
+        The fitted :class:`~exitnas.policies.study_policy.StudyPolicy`; its ``info`` holds
+        out-of-fold ROC-AUCs of the learned scores and of max-softmax for "exit k is correct".
+
+    Raises:
+        ProfileExistsError: a policy of that name exists and ``replace`` is False.
+        PolicyError: no Pareto architecture with two exits or more.
+    """
     import numpy as np
     import optuna
     from sklearn.metrics import roc_auc_score
 
     from exitnas.policies.study_policy import fit_study_policy, policy_to_bytes
     from exitnas.search.rules import confidences, softmax
-    from exitnas.search.runner import evaluation_key, load_searched, open_run
+    from exitnas.search.runner import evaluation_key, load_searched
     from exitnas.search.storage import open_store
     from exitnas.search.store import ProfileExistsError, StoredPolicy, check_names
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = Path(args.study)
-    model, study, url = open_run(run, args.storage, args.data)
-    check_names(study.name, args.name)
+    check_names(study.name, name)
     splits, optuna_study = load_searched(study, run, url)
     store = open_store(url)
-    if store.get_policy(study.name, args.name) is not None and not args.replace:
+    if store.get_policy(study.name, name) is not None and not replace:
         raise ProfileExistsError(
-            f"study {study.name!r} already has a policy named {args.name!r}; pass --replace"
+            f"study {study.name!r} already has a policy named {name!r}; pass --replace"
         )
     candidates = _front_candidates(study, run, url, splits, optuna_study, None)
     logits = list({c.point.config.key(): c.logits for c in candidates}.values())
@@ -173,9 +198,9 @@ def _fit(args: argparse.Namespace) -> int:
         policy = fit_study_policy(
             logits,
             labels,
-            estimator=args.estimator,
-            target=args.target,
-            folds=args.folds,
+            estimator=estimator,
+            target=target,
+            folds=folds,
             random_state=study.seed,
             info={"evaluation_key": key, "study": study.name},
         )
@@ -188,32 +213,47 @@ def _fit(args: argparse.Namespace) -> int:
         softmax_conf.append(confidences(softmax(array), "max_softmax")[:-1].ravel())
         correct.append((array.argmax(-1) == labels[None, :])[:-1].ravel())
     y = np.concatenate(correct)
-    auc = {}
     if 0 < y.mean() < 1:
-        auc = {
-            "auc_learned": float(roc_auc_score(y, np.concatenate(learned))),
-            "auc_max_softmax": float(roc_auc_score(y, np.concatenate(softmax_conf))),
-        }
-    policy.info.update(auc)
+        policy.info["auc_learned"] = float(roc_auc_score(y, np.concatenate(learned)))
+        policy.info["auc_max_softmax"] = float(roc_auc_score(y, np.concatenate(softmax_conf)))
     stored = StoredPolicy(
         study.name,
-        args.name,
+        name,
         key,
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         json.dumps(policy.info, sort_keys=True),
         policy_to_bytes(policy),
     )
-    store.put_policy(stored, replace=args.replace)
+    store.put_policy(stored, replace=replace)
+    return policy
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from exitnas.search.runner import open_run
+
+    run = Path(args.study)
+    _, study, url = open_run(run, args.storage, args.data)
+    policy = fit_run_policy(
+        run,
+        study,
+        url,
+        name=args.name,
+        estimator=args.estimator,
+        target=args.target,
+        folds=args.folds,
+        replace=args.replace,
+    )
+    info = policy.info
     scores = (
-        f"; out-of-fold ROC-AUC of 'exit k is correct': learned {auc['auc_learned']:.4f}, "
-        f"max-softmax {auc['auc_max_softmax']:.4f}"
-        if auc
+        f"; out-of-fold ROC-AUC of 'exit k is correct': learned {info['auc_learned']:.4f}, "
+        f"max-softmax {info['auc_max_softmax']:.4f}"
+        if "auc_learned" in info
         else ""
     )
     print(
-        f"policy {args.name!r} of study {study.name!r}: {args.estimator} on "
-        f"{policy.info['rows']} exit decisions ({policy.info['architectures']} Pareto "
-        f"architectures x {labels.size} validation images){scores} -> {url}"
+        f"policy {args.name!r} of study {study.name!r}: {args.estimator} on {info['rows']} exit "
+        f"decisions ({info['architectures']} Pareto architectures x {info['samples']} "
+        f"validation images){scores} -> {url}"
     )
     return 0
 

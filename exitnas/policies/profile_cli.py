@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from exitnas.argtypes import at_least
 from exitnas.policies.profile import DeviceProfile, ProfileError
 
-__all__ = ["MIN_CONFIGS", "add_profile_parser"]
+__all__ = ["MIN_CONFIGS", "ProfileSettings", "add_profile_parser", "profile_run"]
 
 MIN_CONFIGS = 15  # configs profiled by default (front + sampled): enough for the latency model
 
@@ -44,8 +44,39 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
-def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: str) -> int:
-    """Default mode: time the front's configs and sampled ones, store the profile."""
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How ``exitnas profile`` measures (its command-line options)."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    repeats: int = 50
+    passes: int = 10
+    warmup: int = 3
+    threads: int = 1
+    configs: int | None = None  # sampled configs beside the front's; None: up to MIN_CONFIGS
+    torch_device: str = "cpu"
+
+
+def profile_run(
+    run: Path,
+    study: Any,
+    model: Any,
+    url: str,
+    device_name: str,
+    settings: ProfileSettings = ProfileSettings(),
+    *,
+    replace: bool = False,
+    progress: bool = True,
+) -> tuple[DeviceProfile, int]:
+    """Time the front's configs and sampled ones on this machine and store the profile.
+
+    Returns:
+        The stored profile and the number of configs timed.
+
+    Raises:
+        ProfileError: an unusable torch device.
+        ProfileExistsError: ``device_name`` is profiled already and ``replace`` is False.
+    """
     import numpy as np
     import optuna
     import torch
@@ -61,24 +92,28 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     from exitnas.supernet.train import WEIGHTS
 
     try:
-        device = torch.device(args.torch_device)
+        device = torch.device(settings.torch_device)
     except RuntimeError:
-        raise ProfileError(f"--torch-device: unknown torch device {args.torch_device!r}") from None
+        raise ProfileError(
+            f"--torch-device: unknown torch device {settings.torch_device!r}"
+        ) from None
     try:
         torch.empty(0, device=device)  # the device exists here (cuda:7 on one GPU, mps, ...)
     except (RuntimeError, AssertionError) as err:
-        raise ProfileError(f"--torch-device {args.torch_device}: not usable here ({err})") from None
-    check_names(study.name, args.device)
+        raise ProfileError(
+            f"--torch-device {settings.torch_device}: not usable here ({err})"
+        ) from None
+    check_names(study.name, device_name)
     splits, optuna_study = load_searched(study, run, url)
     store = open_store(url)  # after the study check: a wrong URL creates no database
-    if args.device in store.list_devices(study.name) and not args.replace:
+    if device_name in store.list_devices(study.name) and not replace:
         raise ProfileExistsError(
-            f"device {args.device!r} is already profiled for study {study.name!r} in {url}; "
+            f"device {device_name!r} is already profiled for study {study.name!r} in {url}; "
             "pass --replace to measure it again"
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     configs = {p.config.key(): p.config for p in pareto_points(optuna_study, study.space)}
-    extra = max(0, MIN_CONFIGS - len(configs)) if args.configs is None else args.configs
+    extra = max(0, MIN_CONFIGS - len(configs)) if settings.configs is None else settings.configs
     rng = np.random.default_rng(study.seed)
     wanted = len(configs) + extra
     for _ in range(50 * extra):  # a tiny space may hold fewer distinct configs than asked
@@ -86,33 +121,56 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
             break
         config = study.space.sample(rng)
         configs.setdefault(config.key(), config)
-    images = normalize(splits.val.images[: max(args.batch_sizes)], splits.mean, splits.std)
-    started = time.perf_counter()
+    batch = max(settings.batch_sizes)
+    images = normalize(splits.val.images[:batch], splits.mean, splits.std)
     subnets = [model.extract(config).to(device) for config in configs.values()]
-    passes = min(args.passes, args.repeats)
-    with tqdm(total=passes * len(subnets), desc=f"profile {args.device}", unit="config") as bar:
+    passes = min(settings.passes, settings.repeats)
+    with tqdm(
+        total=passes * len(subnets),
+        desc=f"profile {device_name}",
+        unit="config",
+        disable=not progress,
+    ) as bar:
         timings = measure_stage_latencies(
             subnets,
             images,
-            batch_sizes=args.batch_sizes,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            threads=args.threads,
+            batch_sizes=settings.batch_sizes,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            threads=settings.threads,
             passes=passes,
             progress=lambda: bar.update(1),
         )
     profile = DeviceProfile.create(
         timings,
-        device=args.device,
+        device=device_name,
         study_key=study.key(),
         weights_hash=file_sha256(run / WEIGHTS),
-        threads=args.threads,
+        threads=settings.threads,
     )
-    store.put_profile(study.name, profile, replace=args.replace)
+    store.put_profile(study.name, profile, replace=replace)
+    return profile, len(configs)
+
+
+def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: str) -> int:
+    """Default mode: time the front's configs and sampled ones, store the profile."""
+    settings = ProfileSettings(
+        batch_sizes=args.batch_sizes,
+        repeats=args.repeats,
+        passes=args.passes,
+        warmup=args.warmup,
+        threads=args.threads,
+        configs=args.configs,
+        torch_device=args.torch_device,
+    )
+    started = time.perf_counter()
+    profile, configs = profile_run(
+        run, study, model, url, args.device, settings, replace=args.replace
+    )
     sizes = ",".join(str(b) for b in args.batch_sizes)
     print(
-        f"profiled device {args.device!r} for study {study.name!r}: {len(timings)} stages timed "
-        f"({len(configs)} configs, batch sizes {sizes}, {args.threads} threads) in "
+        f"profiled device {args.device!r} for study {study.name!r}: {len(profile.timings)} "
+        f"stages timed ({configs} configs, batch sizes {sizes}, {args.threads} threads) in "
         f"{time.perf_counter() - started:.1f} s -> {url}"
     )
     return 0

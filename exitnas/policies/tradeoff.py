@@ -20,6 +20,7 @@ from exitnas.policies.learned import (
     _check_logits,
     calibrate_thresholds,
 )
+from exitnas.policies.study_policy import StudyPolicy
 from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
 
 __all__ = ["TradeoffCurve", "TradeoffCurves", "area_between", "oracle_exits", "tradeoff_curve"]
@@ -98,7 +99,7 @@ class TradeoffCurves:
 
 
 def tradeoff_curve(
-    policy: LearnedExitPolicy,
+    policy: LearnedExitPolicy | StudyPolicy,
     logits: np.ndarray,
     labels: np.ndarray,
     stage_flops: Any,
@@ -115,7 +116,9 @@ def tradeoff_curve(
     both when ``refine``. The oracle uses the test labels at each budget.
 
     Args:
-        policy: a fitted :class:`LearnedExitPolicy` (fit it on another split than this one).
+        policy: a fitted :class:`LearnedExitPolicy` (fit it on another split than this one),
+            or a :class:`~exitnas.policies.study_policy.StudyPolicy` fitted on these
+            calibration samples (its out-of-fold scores are used for calibration).
         logits: ``(E, N, K)`` calibration logits.
         labels: ``(N,)`` calibration labels.
         stage_flops: ``(E,)`` FLOPs per image of each stage.
@@ -148,8 +151,12 @@ def tradeoff_curve(
     test_correct = test_logits.argmax(axis=-1) == test_labels[None, :]
     confidence = confidences(softmax(logits), "max_softmax")
     test_confidence = confidences(softmax(test_logits), "max_softmax")
-    learned_scores = policy.score_samples(logits)
-    test_learned_scores = policy.score_samples(test_logits)
+    if isinstance(policy, StudyPolicy):  # cross-fitted: calibrate on out-of-fold scores
+        learned_scores = policy.validation_scores(logits)
+        test_learned_scores = policy.scores(test_logits)
+    else:
+        learned_scores = policy.score_samples(logits)
+        test_learned_scores = policy.score_samples(test_logits)
 
     points: dict[str, list[tuple[float, float]]] = {"max_softmax": [], "learned": [], "oracle": []}
     for budget in budgets:

@@ -17,6 +17,7 @@ from exitnas.reports.tradeoff import TradeoffInfo, tradeoff_info
 from exitnas.search.export import pareto_points
 from exitnas.search.objective import ArchitectureEvaluator
 from exitnas.search.pareto import pareto_mask
+from exitnas.search.rules import LEARNED, ExitRule
 from exitnas.search.runner import OBJECTIVES, reference_mflops
 from exitnas.search.space import trial_config
 from exitnas.spaces import StudyConfig, SubnetConfig
@@ -176,6 +177,7 @@ def build_report_info(
     study_cfg: StudyConfig,
     evaluator: ArchitectureEvaluator,
     chosen_index: int | None = None,
+    chosen_rule: ExitRule | None = None,
 ) -> ReportInfo:
     """Everything a report shows, from a searched study.
 
@@ -183,6 +185,9 @@ def build_report_info(
         optuna_study: the study ``exitnas search`` filled.
         study_cfg: its study file (search space, reference cost).
         evaluator: gives the chosen point's cached logits (``load_evaluator``).
+        chosen_rule: the chosen point's exit rule as deployed (a budget query's calibrated
+            thresholds); its search-time rule by default, and for a learned rule (the
+            trade-off sweeps a confidence rule's thresholds).
         chosen_index: Pareto point (cheapest first) whose trade-off curve is drawn; the most
             accurate one by default.
 
@@ -205,6 +210,8 @@ def build_report_info(
     number = points[chosen_index].trial_number
     trial = next(t for t in _complete(optuna_study) if t.number == number)
     config, rule = trial_config(trial, study_cfg.space)
+    if chosen_rule is not None and chosen_rule.rule != LEARNED:
+        rule = chosen_rule
     table, _ = evaluator.table(config)
     return ReportInfo(
         study_name=optuna_study.study_name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,8 +98,16 @@ class SearchConfig:
     trials: int = 500  # trials added by one `exitnas search` (--trials overrides)
     population_size: int = 50  # NSGA-II generation size
     storage: str | None = None  # SQLAlchemy URL; default sqlite:///runs/<name>/study.db
+    budget_mflops: float | None = None  # `exitnas run`'s bundle: expected MFLOPs per image
+    budget_ms: float | None = None  # ... or expected ms per image on the profiled machine
 
     def __post_init__(self) -> None:
+        for name in ("budget_mflops", "budget_ms"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}: {value} must be a positive number")
+        if self.budget_mflops is not None and self.budget_ms is not None:
+            raise ConfigError("budget_mflops and budget_ms: give at most one of them")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler: {self.sampler!r} is not allowed; allowed: {SAMPLERS}")
         if not self.rules:

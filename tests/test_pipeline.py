@@ -1,0 +1,116 @@
+"""``exitnas run``: the whole job on a tiny study, its outputs present and consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+import exitnas
+from exitnas.cli import main
+from exitnas.search.export import read_front_json
+from exitnas.search.storage import open_store
+from exitnas.spaces import StudyConfig
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    from exitnas.spaces import DataConfig, TrainingConfig
+    from exitnas.spaces.study import SearchConfig
+    from exitnas.supernet.registry import exitnas_tiny
+
+    study = StudyConfig(
+        name="tiny-run",
+        space=exitnas_tiny(),
+        data=DataConfig(image_size=16, val_fraction=0.1),
+        training=TrainingConfig(epochs=1, batch_size=128, random_subnets=1, warmup_epochs=0.2),
+        search=SearchConfig(trials=12, budget_mflops=0.5),
+        seed=5,
+    )
+    folder = tmp_path_factory.mktemp("pipeline")
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    run = folder / "run"
+    return study, path, run
+
+
+def _main(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_run_does_the_whole_job(ran, capsys) -> None:
+    study, path, run = ran
+    argv = ("run", str(path), "--out", str(run), "--device", "cpu", "--profile-repeats", "2")
+    assert _main(*argv, "--quiet") == 0
+    table = capsys.readouterr().out
+    deploy = run / "deploy"
+    for name in ("supernet.safetensors", "report.html", "deploy/front.json", "deploy/answer.json"):
+        assert (run / name).is_file(), name
+    url = f"sqlite:///{run / 'study.db'}"
+    optuna_study = optuna.load_study(study_name="tiny-run", storage=url)
+    assert len(optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 12
+    store = open_store(url)
+    assert store.list_devices("tiny-run") == ["cpu"]
+    assert store.get_policy("tiny-run", "learned") is not None or "no learned policy" in table
+
+    # the summary table lists the front of front.json
+    front = read_front_json(deploy / "front.json")
+    lines = [
+        line.split() for line in table.splitlines() if line.startswith("  ") and "point" not in line
+    ]
+    assert [(int(r[0]), int(r[1]), float(r[2])) for r in lines] == [
+        (p.index, p.trial_number, round(p.accuracy, 4)) for p in front
+    ]
+    # the bundle is the budget query's answer, and reproduces its validation accuracy
+    answer = json.loads((deploy / "answer.json").read_text())
+    assert answer["budget"] == {"metric": "mflops", "value": 0.5}
+    assert answer["expected"]["mflops"] <= 0.5
+    bundle = exitnas.load(deploy / "bundle")
+    assert bundle.meta["pareto"]["trial_number"] == answer["trial_number"]
+    assert bundle.meta["val_accuracy"] == answer["expected"]["val_accuracy"]
+    from exitnas.search.runner import load_searched, open_run
+
+    _, loaded, url = open_run(run)
+    splits, _ = load_searched(loaded, run, url)
+    prediction = bundle.predict(splits.val.images)
+    accuracy = float(np.mean(prediction.labels == splits.val.labels.numpy()))
+    assert accuracy == pytest.approx(answer["expected"]["val_accuracy"])
+    assert f"point {answer['pareto_index']} (trial {answer['trial_number']})" in table
+
+
+def test_a_second_run_keeps_what_is_there(ran, capsys) -> None:
+    study, path, run = ran
+    url = f"sqlite:///{run / 'study.db'}"
+    store = open_store(url)
+    profile = store.get_profile("tiny-run", "cpu")
+    policy = store.get_policy("tiny-run", "learned")
+    argv = ("run", str(path), "--out", str(run), "--device", "cpu", "--quiet")
+    assert _main(*argv) == 0
+    assert "(12 trials;" in capsys.readouterr().out  # no trial added
+    assert store.get_profile("tiny-run", "cpu") == profile  # not re-measured
+    assert store.get_policy("tiny-run", "learned") == policy  # not refitted
+    assert (run / "deploy" / "bundle" / "manifest.json").is_file()
+    assert not (run / ".deploy.old").exists() and not (run / ".deploy.new").exists()
+
+
+def test_bad_input_exits_2(ran, tmp_path: Path, capsys) -> None:
+    study, path, run = ran
+    assert _main("run", str(tmp_path / "missing.yaml")) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    document = study.to_dict()
+    document["search"]["budget_mflops"] = -1
+    bad.write_text(yaml.safe_dump(document))
+    assert _main("run", str(bad), "--out", str(tmp_path / "r")) == 2
+    assert "budget_mflops" in capsys.readouterr().err
+    impossible = tmp_path / "impossible.yaml"
+    document["search"]["budget_mflops"] = 1e-6
+    impossible.write_text(yaml.safe_dump(document))
+    before = sorted(p.name for p in run.iterdir())
+    assert _main("run", str(impossible), "--out", str(run), "--device", "cpu", "--quiet") == 2
+    assert "below the cheapest achievable cost" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing replaced
