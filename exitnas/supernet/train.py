@@ -15,9 +15,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +162,7 @@ def train_supernet(
             rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
             images, labels = _batch(study, data, torch.from_numpy(rows), step, device)
             rng = np.random.default_rng(step_seed(study.seed, step, 1))
-            heads = study.space.head_types
-            configs = [rotate_heads(largest, heads, step), rotate_heads(smallest, heads, step)]
+            configs = [largest, smallest]
             configs += [study.space.sample(rng) for _ in range(cfg.random_subnets)]
             scheduler.step_update(step)
             devices = [device.index or 0] if device.type == "cuda" else []
@@ -250,27 +248,6 @@ def _sandwich_backward(
         loss.backward()
         total += loss.item()
     return total
-
-
-def rotate_heads(config: SubnetConfig, heads: Sequence[str], step: int) -> SubnetConfig:
-    """``config`` with its exits' head types rotated through ``heads`` by training step.
-
-    Exit ``i`` of step ``s`` gets ``heads[(s + i) % len(heads)]``, so every head type is
-    trained at every exit position of the sandwich's fixed configs, not only when a random
-    sub-network draws it. The last exit of a multi-exit config keeps ``heads[0]``: it is the
-    distillation teacher, and a teacher changing architecture every step would be noisier.
-    """
-    branches, position = [], 0
-    num_exits = config.num_exits
-    for branch in config.branches:
-        exits = []
-        for exit_ in branch.exits:
-            last = num_exits > 1 and position == num_exits - 1
-            head = heads[0] if last else heads[(step + position) % len(heads)]
-            exits.append(replace(exit_, head=head))
-            position += 1
-        branches.append(replace(branch, exits=tuple(exits)))
-    return replace(config, branches=tuple(branches))
 
 
 def check_target(study: StudyConfig, out: Path) -> None:

@@ -115,22 +115,3 @@ def test_data_must_match_the_space(study, tiny_data, tmp_path: Path) -> None:
 def test_load_supernet_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no trained supernet"):
         load_supernet(tmp_path)
-
-
-def test_rotated_heads_train_every_head_at_every_exit(space) -> None:
-    from exitnas.supernet.train import rotate_heads
-
-    largest = space.largest()
-    seen: dict[int, set[str]] = {}
-    for step in range(len(space.head_types)):
-        rotated = rotate_heads(largest, space.head_types, step)
-        heads = [e.head for b in rotated.branches for e in b.exits]
-        assert heads[-1] == space.head_types[0]  # the teacher's exit stays the same
-        assert [e.layer for b in rotated.branches for e in b.exits] == [
-            e.layer for b in largest.branches for e in b.exits
-        ]
-        for position, head in enumerate(heads[:-1]):
-            seen.setdefault(position, set()).add(head)
-    assert all(heads == set(space.head_types) for heads in seen.values())
-    single = rotate_heads(space.smallest(), space.head_types, 3)  # its only exit rotates too
-    assert single.branches[0].exits[0].head == space.head_types[3 % len(space.head_types)]
