@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimator", default="boosting", choices=["boosting", "logistic"])
+    parser.add_argument("--target", default="correct", choices=["correct", "oracle", "final"])
     parser.add_argument("--refine", action="store_true", help="per-exit thresholds for both")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -49,11 +50,15 @@ def main() -> None:
     test_labels = splits.test.labels.numpy()
     val_logits = {key: evaluator.logits(p.config)[0] for key, p in multi.items()}
     policy = fit_study_policy(
-        list(val_logits.values()), val_labels, estimator=args.estimator, random_state=args.seed
+        list(val_logits.values()),
+        val_labels,
+        estimator=args.estimator,
+        target=args.target,
+        random_state=args.seed,
     )
     chosen = sorted(multi.values(), key=lambda p: -p.accuracy)[: args.points]
     print(
-        f"run {run}: policy ({args.estimator}) fitted on {len(multi)} Pareto architectures x "
+        f"run {run}: policy ({args.estimator}, target {args.target}) fitted on {len(multi)} Pareto architectures x "
         f"{len(val_labels)} validation images (2-fold cross-fitting), thresholds "
         f"{'per exit' if args.refine else 'shared'}; test on {len(test_labels)}; "
         f"{args.budgets} budgets"

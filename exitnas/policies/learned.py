@@ -3,8 +3,10 @@
 Instead of thresholding one hand-picked confidence (max-softmax, entropy, margin; see
 :mod:`exitnas.search.rules`), a small scikit-learn classifier reads several cheap signals of every
 exit (:func:`exit_features`) and predicts whether that exit's prediction can be trusted: either
-"it is correct" (``target="correct"``, BERxiT's learning-to-exit) or "it equals the last exit's
-prediction" (``target="final"``, needs no labels beyond those of the last exit's own output).
+"it is correct" (``target="correct"``, BERxiT's learning-to-exit), "it equals the last exit's
+prediction" (``target="final"``, needs no labels beyond those of the last exit's own output), or
+"leaving here loses nothing" (``target="oracle"``: the exit is correct, or no later exit is;
+what the oracle decides, so the policy learns to imitate it).
 
 Lifecycle of :class:`LearnedExitPolicy`:
 
@@ -50,7 +52,7 @@ FEATURES = (
     "ensemble_probability",  # mean over this and earlier exits of the predicted class's prob.
     "previous_class_probability",  # previous exit's probability of this prediction (0 at 0)
 )
-TARGETS = ("correct", "final")
+TARGETS = ("correct", "final", "oracle")
 
 
 def _check_logits(logits: np.ndarray, min_exits: int = 1) -> np.ndarray:
@@ -228,6 +230,18 @@ def calibrate_thresholds(
     return best
 
 
+def _targets(preds: np.ndarray, labels: np.ndarray, target: str) -> np.ndarray:
+    """``(E, N)`` booleans: what the policy learns to predict at each exit."""
+    if target == "final":
+        return preds == preds[-1][None, :]
+    correct = preds == labels[None, :]
+    if target == "correct":
+        return correct
+    later = np.zeros_like(correct)  # some exit after this one is correct
+    later[:-1] = np.flip(np.logical_or.accumulate(np.flip(correct[1:], 0), axis=0), 0)
+    return correct | ~later
+
+
 def default_estimator(random_state: Any = None) -> HistGradientBoostingClassifier:
     """The policy's default classifier: gradient-boosted trees, regularised (small trees, a
     slow learning rate, 40 rows a leaf) so that a few thousand exit decisions do not overfit."""
@@ -248,7 +262,8 @@ class LearnedExitPolicy(BaseEstimator):
             :func:`default_estimator` (regularised gradient-boosted trees, for a few thousand
             exit decisions); give ``LogisticRegression`` for very small splits. It is cloned
             at fit.
-        target: ``"correct"`` (the exit's prediction is correct) or ``"final"`` (it equals the
+        target: ``"correct"`` (the exit's prediction is correct), ``"oracle"`` (correct, or
+            no later exit is correct: leaving loses nothing) or ``"final"`` (it equals the
             last exit's prediction).
         random_state: seed, ``numpy.random.Generator`` or ``RandomState`` for the classifier
             (given to a user estimator only if its own ``random_state`` is ``None``).
@@ -311,8 +326,7 @@ class LearnedExitPolicy(BaseEstimator):
             array = _check_logits(array, min_exits=2)
             labels = _check_labels(labels, array.shape[1])
             preds = array.argmax(axis=-1)  # (E, N)
-            reference = labels if self.target == "correct" else preds[-1]
-            ys.append((preds[:-1] == reference[None, :]).astype(np.int64).ravel())
+            ys.append(_targets(preds, labels, self.target)[:-1].astype(np.int64).ravel())
             xs.append(exit_features(array)[:-1].reshape(-1, len(FEATURES)))
         x, y = np.concatenate(xs), np.concatenate(ys)
 

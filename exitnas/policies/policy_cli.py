@@ -158,7 +158,7 @@ def fit_run_policy(
     *,
     name: str = DEFAULT_POLICY,
     estimator: str = "boosting",
-    target: str = "correct",
+    target: str = "oracle",
     folds: int = 2,
     replace: bool = False,
 ) -> Any:
@@ -323,8 +323,9 @@ def add_policy_parser(commands: Any) -> argparse.ArgumentParser:
     fit.add_argument(
         "--target",
         choices=TARGETS,
-        default="correct",
-        help="what the policy predicts: the exit is correct, or agrees with the last exit",
+        default="oracle",
+        help="what the policy predicts: leaving at the exit loses nothing (oracle, default), "
+        "the exit is correct, or it agrees with the last exit (final)",
     )
     fit.add_argument("--folds", type=at_least(2), default=2, help="cross-fitting folds")
     fit.add_argument("--replace", action="store_true", help="replace a stored policy")

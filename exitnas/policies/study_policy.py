@@ -103,7 +103,7 @@ def fit_study_policy(
     labels: np.ndarray,
     *,
     estimator: str = "boosting",
-    target: str = "correct",
+    target: str = "oracle",
     folds: int = 2,
     random_state: int = 0,
     info: dict[str, Any] | None = None,

@@ -257,3 +257,16 @@ def test_area_between() -> None:
     far = TradeoffCurve("far", (30.0, 40.0), (30.0, 40.0), (0.5, 0.6))
     with pytest.raises(ValueError, match="do not overlap"):
         area_between(a, far)
+
+
+def test_oracle_target_is_the_oracles_decision() -> None:
+    from exitnas.policies.learned import _targets
+
+    preds = np.array([[0, 1, 2], [1, 1, 0], [1, 0, 0]])  # (exits, samples)
+    labels = np.array([1, 1, 9])  # sample 2: no exit is ever right
+    # sample 0 is wrong at exit 0 but right later: leaving at exit 0 loses; elsewhere nothing is
+    np.testing.assert_array_equal(
+        _targets(preds, labels, "oracle"), [[False, True, True], [True, True, True], [True] * 3]
+    )
+    np.testing.assert_array_equal(_targets(preds, labels, "correct"), preds == labels)
+    np.testing.assert_array_equal(_targets(preds, labels, "final"), preds == preds[-1])

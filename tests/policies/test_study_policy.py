@@ -50,7 +50,7 @@ def test_folds_and_out_of_fold_scores(data, fitted: StudyPolicy) -> None:
     scores = fitted.validation_scores(logits[0])
     # fold k's rows are scored by a policy fitted without them, the same as refitting by hand
     rows = fitted.folds == 1
-    by_hand = LearnedExitPolicy(make_estimator("boosting"), random_state=5 + 1 + 1)
+    by_hand = LearnedExitPolicy(make_estimator("boosting"), "oracle", random_state=5 + 1 + 1)
     by_hand.fit([a[:, ~rows] for a in logits[:2]], labels[~rows])
     np.testing.assert_allclose(scores[:, rows], by_hand.score_samples(logits[0][:, rows]))
     assert not np.allclose(scores, fitted.scores(logits[0]))  # differs from in-sample scores
