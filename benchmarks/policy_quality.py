@@ -59,8 +59,8 @@ def main() -> None:
     chosen = sorted(multi.values(), key=lambda p: -p.accuracy)[: args.points]
     print(
         f"run {run}: policy ({args.estimator}, target {args.target}) fitted on {len(multi)} "
-        f"Pareto architectures x {len(val_labels)} validation images (2-fold cross-fitting), thresholds "
-        f"{'per exit' if args.refine else 'shared'}; test on {len(test_labels)}; "
+        f"Pareto architectures x {len(val_labels)} validation images (2-fold cross-fitting), "
+        f"thresholds {'per exit' if args.refine else 'shared'}; test on {len(test_labels)}; "
         f"{args.budgets} budgets"
     )
     print("point  exits  gap learned-maxsoftmax  gap oracle-maxsoftmax  share of gap closed")
