@@ -130,7 +130,7 @@ class ExitModel:
         if self.rule.rule != LEARNED:
             return confidences(softmax(logits[None]), self.rule.rule)[0]
         history.append(logits)
-        return self.policy.scores(np.stack(history), num_exits)[-1]
+        return self.policy.score_exit(np.stack(history), num_exits)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def load(bundle_dir: str | os.PathLike[str], device: str = "cpu") -> ExitModel:
         tensors, _ = load_weights(folder / "weights.safetensors")
         model = ExitViT(space, config)
         model.load_state_dict(tensors)
-    except (KeyError, ConfigError, CheckpointError, RuntimeError) as err:
+    except (KeyError, ValueError, TypeError, ConfigError, CheckpointError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BundleError(f"{folder} is not a valid bundle: {first}") from None
     policy = None
@@ -196,9 +196,11 @@ def load(bundle_dir: str | os.PathLike[str], device: str = "cpu") -> ExitModel:
 
         if POLICY_FILE not in files:
             raise BundleError(f"{folder}: the learned exit rule needs {POLICY_FILE}")
+        path = folder / POLICY_FILE
         try:
-            path = folder / POLICY_FILE
             policy = policy_from_bytes(path.read_bytes(), str(path))
         except PolicyError as err:
             raise BundleError(str(err)) from None
+        except OSError as err:
+            raise BundleError(f"cannot read {path}: {err.strerror or err}") from None
     return ExitModel(model.to(torch.device(device)), rule, meta, policy)

@@ -138,25 +138,30 @@ def run_pipeline(
 
     from exitnas.data import load_splits
     from exitnas.policies.costs import load_device_costs
-    from exitnas.policies.policy_cli import fit_run_policy, query_run
+    from exitnas.policies.policy_cli import (
+        DEFAULT_POLICY,
+        export_query_result,
+        fit_run_policy,
+        query_run,
+    )
+    from exitnas.policies.profile import ProfileError
     from exitnas.policies.profile_cli import ProfileSettings, profile_run
     from exitnas.policies.query import Budget
     from exitnas.policies.study_policy import PolicyError
     from exitnas.reports.info import build_report_info
     from exitnas.reports.plot import write_report
-    from exitnas.search.export import export_bundle, export_front_json, pareto_points
-    from exitnas.search.objective import file_sha256
+    from exitnas.search.export import export_front_json, pareto_points
     from exitnas.search.runner import (
+        completed_trials,
         evaluation_key,
         load_evaluator,
         load_searched,
         open_run,
         run_search,
-        search_study_name,
     )
     from exitnas.search.storage import open_store, resolve_storage_url
     from exitnas.supernet import train_supernet
-    from exitnas.supernet.train import WEIGHTS, check_target
+    from exitnas.supernet.train import check_target
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(run_dir)
@@ -175,11 +180,7 @@ def run_pipeline(
     clock = time.perf_counter()
     url = resolve_storage_url(None, study.search.storage, run)
     wanted = study.search.trials if trials is None else trials
-    complete = 0
-    names = optuna.get_all_study_names(url) if _database_exists(url) else []
-    if search_study_name(study) in names:
-        existing = optuna.load_study(study_name=study.name, storage=url)
-        complete = len(existing.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    complete = completed_trials(study, url)
     added = 0
     if complete < wanted:
         added = run_search(study, run, trials=wanted - complete, progress=progress).trials_added
@@ -188,15 +189,19 @@ def run_pipeline(
     clock = time.perf_counter()
     model, _, _ = open_run(run, None, data.path)  # the study file's search section is kept
     store = open_store(url)
-    if device not in store.list_devices(study.name):
+    try:
+        known = device in store.list_devices(study.name) and store.get_profile(study.name, device)
+    except ProfileError:  # an unreadable (older format) profile: measure it again
+        known = False
+    if not known:
         profile_run(
             run, study, model, url, device, profile_settings or ProfileSettings(),
-            progress=progress,
+            replace=device in store.list_devices(study.name), progress=progress,
         )  # fmt: skip
     seconds["profile"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    stored = store.get_policy(study.name, "learned")
+    stored = store.get_policy(study.name, DEFAULT_POLICY)
     key = evaluation_key(run, splits)
     policy_note = None
     if stored is None or stored.evaluation_key != key:
@@ -207,7 +212,8 @@ def run_pipeline(
     seconds["policy"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    _, optuna_study = load_searched(study, run, url)
+    # the front the query answers from: the device search's when there is one
+    _, optuna_study = load_searched(study, run, url, device)
     points = pareto_points(optuna_study, study.space)
     if study.search.budget_ms is not None:
         budget = Budget("ms", study.search.budget_ms)
@@ -215,7 +221,8 @@ def run_pipeline(
         budget = Budget("mflops", study.search.budget_mflops)
     else:  # no default budget: the most accurate point's full cost
         budget = Budget("mflops", max(sum(p.stage_flops) for p in points) / 1e6)
-    result = query_run(run, budget, device=device, storage=url, data=data.path)
+    policy = None if policy_note else DEFAULT_POLICY
+    result = query_run(run, budget, device=device, storage=url, data=data.path, policy=policy)
     answer = result.answer
     deploy = run / DEPLOY
     staging = run / f".{DEPLOY}.new"
@@ -223,20 +230,8 @@ def run_pipeline(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     export_front_json(points, staging / "front.json")
-    chosen = replace(
-        answer.point,
-        rule=answer.rule,
-        accuracy=answer.accuracy,
-        mflops=answer.mflops,
-        exit_fractions=answer.exit_fractions,
-        latency_ms=answer.latency_ms,
-    )
+    export_query_result(result, run, staging / "bundle")
     document = {**answer.to_dict(), "policy": result.policy_name}
-    export_bundle(
-        chosen, model, study, staging / "bundle",
-        weights_hash=file_sha256(run / WEIGHTS), mean=splits.mean, std=splits.std,
-        policy=result.policy_blob, extra={"budget_query": document},
-    )  # fmt: skip
     (staging / "answer.json").write_text(json.dumps(document, indent=2) + "\n")
     _replace_dir(staging, deploy)
     seconds["export"] = time.perf_counter() - clock
@@ -268,10 +263,6 @@ def run_pipeline(
         policy_note=policy_note,
         seconds={k: round(v, 1) for k, v in seconds.items()},
     )
-
-
-def _database_exists(url: str) -> bool:
-    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -366,6 +366,24 @@ class LearnedExitPolicy(BaseEstimator):
             scores[:scored] = proba.reshape(scored, num_samples)
         return scores
 
+    def score_exit(self, logits: np.ndarray, num_exits: int) -> np.ndarray:
+        """Scores ``(N,)`` of the last of the exits given (what a runtime needs after each
+        stage): equal to ``score_samples(logits, num_exits)[-1]``, without scoring the others.
+
+        Args:
+            logits: ``(k, N, K)`` logits of the first ``k`` exits that ran.
+            num_exits: exits of the whole configuration.
+        """
+        check_is_fitted(self)
+        logits = _check_logits(logits)
+        if logits.shape[0] == num_exits:
+            return np.ones(logits.shape[1])
+        x = exit_features(logits, num_exits)[-1]
+        positive = np.flatnonzero(self.classes_ == 1)
+        if not positive.size:
+            return np.zeros(len(x))
+        return self.estimator_.predict_proba(x)[:, positive[0]]
+
     def calibrate(
         self,
         logits: np.ndarray,

@@ -33,6 +33,7 @@ __all__ = [
     "QueryResult",
     "add_policy_parser",
     "budget_from_args",
+    "export_query_result",
     "fit_run_policy",
     "query_run",
 ]
@@ -130,6 +131,7 @@ def query_run(
     """
     from exitnas.policies.query import answer_budget
     from exitnas.policies.study_policy import policy_to_bytes
+    from exitnas.search.rules import LEARNED
     from exitnas.search.runner import evaluation_key, load_latency, load_searched, open_run
     from exitnas.search.storage import open_store
 
@@ -145,7 +147,7 @@ def query_run(
         candidates, splits.val.labels.numpy(), budget, policy=fitted, device=device
     )
     blob = None
-    if answer.rule.rule == "learned":
+    if answer.rule.rule == LEARNED:
         assert fitted is not None  # only offered when fitted
         blob = policy_to_bytes(fitted, deployed_only=True)
     return QueryResult(answer, model, study, splits, blob, policy if stored else None)
@@ -183,7 +185,7 @@ def fit_run_policy(
     from exitnas.search.store import ProfileExistsError, StoredPolicy, check_names
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_names(study.name, name)
+    check_names(study.name, name, "policy")
     splits, optuna_study = load_searched(study, run, url)
     store = open_store(url)
     if store.get_policy(study.name, name) is not None and not replace:
@@ -226,6 +228,43 @@ def fit_run_policy(
     )
     store.put_policy(stored, replace=replace)
     return policy
+
+
+def export_query_result(result: QueryResult, run: Path, out: Path) -> Path:
+    """Write the bundle of a budget query's answer (its config, calibrated rule, policy).
+
+    The bundle's ``config.json`` records the answer's expected validation accuracy, MFLOPs,
+    latency and exit fractions, and the whole answer under ``budget_query``. With the learned
+    rule, the expected numbers are out-of-fold estimates (how the thresholds were calibrated);
+    the bundle runs the policy fitted on every validation image, so on those images themselves
+    its exits can differ slightly.
+    """
+    from dataclasses import replace
+
+    from exitnas.search.export import export_bundle
+    from exitnas.search.objective import file_sha256
+    from exitnas.supernet.train import WEIGHTS
+
+    answer = result.answer
+    point = replace(
+        answer.point,
+        rule=answer.rule,
+        accuracy=answer.accuracy,
+        mflops=answer.mflops,
+        exit_fractions=answer.exit_fractions,
+        latency_ms=answer.latency_ms,
+    )
+    return export_bundle(
+        point,
+        result.model,
+        result.study,
+        out,
+        weights_hash=file_sha256(run / WEIGHTS),
+        mean=result.splits.mean,
+        std=result.splits.std,
+        policy=result.policy_blob,
+        extra={"budget_query": {**answer.to_dict(), "policy": result.policy_name}},
+    )
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -277,7 +316,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    """``--device``, ``--budget-ms`` / ``--budget-mflops`` (shared with ``exitnas export``)."""
+    """``--device``, ``--budget-ms`` / ``--budget-mflops`` of ``exitnas policy query``."""
     parser.add_argument(
         "--device", metavar="NAME", help="a device profiled for the study (exitnas profile)"
     )

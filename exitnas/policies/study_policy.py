@@ -83,6 +83,10 @@ class StudyPolicy:
         """Scores of the deployed policy (the one fitted on every sample): ``(E, N)``."""
         return self.policy.score_samples(logits, num_exits)
 
+    def score_exit(self, logits: np.ndarray, num_exits: int) -> np.ndarray:
+        """Deployed scores ``(N,)`` of the last of the exits given (run time, after a stage)."""
+        return self.policy.score_exit(logits, num_exits)
+
     def validation_scores(self, logits: np.ndarray) -> np.ndarray:
         """Out-of-fold scores ``(E, N)`` of validation logits ``(E, N, K)`` (same samples as
         at fit): what threshold calibration on the validation split should use."""

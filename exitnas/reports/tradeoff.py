@@ -38,6 +38,7 @@ class TradeoffInfo:
 def sweep_thresholds(thresholds: Sequence[float], s: float) -> np.ndarray:
     """Thresholds at sweep position ``s``: 0 at 0, ``thresholds`` at 0.5, 1 at 1 (inf at 1)."""
     own = np.asarray(thresholds, dtype=np.float64)
+    own = np.where(np.isinf(own), np.nextafter(1.0, 2.0), own)  # "never": just above 1
     if s >= 1.0:
         return np.full_like(own, np.inf)  # above every confidence, even a certain one
     if s <= 0.5:

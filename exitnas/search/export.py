@@ -275,8 +275,11 @@ def export_bundle(
         "image_size": study.data.image_size,
         "in_chans": study.space.in_chans,
         "supernet_weights_sha256": weights_hash,
-        **(extra or {}),
     }
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ValueError(f"extra metadata may not replace {clash}")
+    meta.update(extra or {})
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         subnet = model.extract(point.config)

@@ -107,10 +107,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export_budget(args: argparse.Namespace, run: Path) -> int:
     """``--budget-...``: export the budget query's answer."""
-    from dataclasses import replace
-
-    from exitnas.policies.policy_cli import budget_from_args, query_run
-    from exitnas.supernet.train import WEIGHTS
+    from exitnas.policies.policy_cli import (
+        DEFAULT_POLICY,
+        budget_from_args,
+        export_query_result,
+        query_run,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out)
@@ -122,28 +124,10 @@ def _export_budget(args: argparse.Namespace, run: Path) -> int:
         device=args.device,
         storage=args.storage,
         data=args.data,
-        policy=None if args.no_policy else "learned",
+        policy=None if args.no_policy else DEFAULT_POLICY,
     )
+    export_query_result(result, run, out)
     answer = result.answer
-    point = replace(
-        answer.point,
-        rule=answer.rule,
-        accuracy=answer.accuracy,
-        mflops=answer.mflops,
-        exit_fractions=answer.exit_fractions,
-        latency_ms=answer.latency_ms,
-    )
-    export_bundle(
-        point,
-        result.model,
-        result.study,
-        out,
-        weights_hash=file_sha256(run / WEIGHTS),
-        mean=result.splits.mean,
-        std=result.splits.std,
-        policy=result.policy_blob,
-        extra={"budget_query": {**answer.to_dict(), "policy": result.policy_name}},
-    )
     latency = f", {answer.latency_ms:.3g} ms/image on {args.device}" if answer.latency_ms else ""
     print(
         f"exported the answer to {answer.budget.flag()}: point {answer.point.index} "

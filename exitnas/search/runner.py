@@ -47,6 +47,8 @@ __all__ = [
     "SearchSummary",
     "evaluation_key",
     "front_stats",
+    "completed_trials",
+    "database_exists",
     "load_evaluator",
     "load_latency",
     "load_searched_study",
@@ -59,6 +61,7 @@ __all__ = [
     "run_search",
     "search_objectives",
     "search_study_name",
+    "study_names",
 ]
 
 OBJECTIVES = ("accuracy", "mflops")
@@ -211,7 +214,7 @@ def load_searched_study(
     """
     name = search_study_name(study, device)
     hint = "exitnas search" + (f" --device {device}" if device else "")
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    if not database_exists(url):
         raise ExitnasError(f"no study named {name!r} in {url}; run {hint}")
     try:
         optuna_study = optuna.load_study(study_name=name, storage=open_storage(url))
@@ -249,14 +252,28 @@ def load_searched(
     splits = load_validation(study)
     key = evaluation_key(run_dir, splits)
     if device is not None:
-        names = optuna.get_all_study_names(open_storage(url)) if _exists(url) else []
-        if search_study_name(study, device) in names:
+        if search_study_name(study, device) in study_names(url):
             return splits, load_searched_study(study, url, key, device)
     return splits, load_searched_study(study, url, key)
 
 
-def _exists(url: str) -> bool:
+def database_exists(url: str) -> bool:
+    """False for an SQLite URL whose file is missing (opening it would create it)."""
     return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()
+
+
+def study_names(url: str) -> list[str]:
+    """Optuna studies in ``url`` (none when its SQLite file does not exist)."""
+    return optuna.get_all_study_names(open_storage(url)) if database_exists(url) else []
+
+
+def completed_trials(study: StudyConfig, url: str, device: str | None = None) -> int:
+    """Completed trials of the study's search in ``url`` (0 when it was never searched)."""
+    name = search_study_name(study, device)
+    if name not in study_names(url):
+        return 0
+    loaded = optuna.load_study(study_name=name, storage=open_storage(url))
+    return len(loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def load_latency(study: StudyConfig, url: str, device: str | None):

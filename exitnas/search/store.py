@@ -178,12 +178,18 @@ def _migration_3(op: Operations) -> None:
     )
 
 
-def check_names(study_name: str, device: str) -> None:
-    """Refuse names the profiles table cannot hold (before any measuring starts)."""
-    if not device or len(device) > NAME_LENGTH:
-        raise ExitnasError(f"--device: a device name needs 1 to {NAME_LENGTH} characters")
+def check_names(study_name: str, name: str, what: str = "device") -> None:
+    """Refuse names the profiles and policies tables cannot hold (before any work starts).
+
+    Args:
+        what: ``"device"`` or ``"policy"``: the option the name came from (``--device``,
+            ``--name``).
+    """
+    option = "--device" if what == "device" else "--name"
+    if not name or len(name) > NAME_LENGTH:
+        raise ExitnasError(f"{option}: a {what} name needs 1 to {NAME_LENGTH} characters")
     if len(study_name) > NAME_LENGTH:
-        raise ExitnasError(f"study name: at most {NAME_LENGTH} characters for device profiles")
+        raise ExitnasError(f"study name: at most {NAME_LENGTH} characters for {what} records")
 
 
 # append only; index + 1 is the schema version
@@ -348,7 +354,7 @@ class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
             return [str(d) for d in conn.execute(query).scalars()]
 
     def put_policy(self, policy: StoredPolicy, *, replace: bool = False) -> None:
-        check_names(policy.study_name, policy.name)
+        check_names(policy.study_name, policy.name, "policy")
         key = (_policies.c.study_name == policy.study_name, _policies.c.name == policy.name)
         values = {
             "study_name": policy.study_name,

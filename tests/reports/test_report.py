@@ -187,3 +187,14 @@ def test_report_command_without_a_study(trained_run, tmp_path: Path) -> None:
     with pytest.raises(ExitnasError, match="^no study named 'tiny' in .*; run exitnas search$"):
         run_report(str(run), "--storage", url, "--out", str(tmp_path / "r.html"))
     assert not (tmp_path / "r.html").exists()
+
+
+def test_sweep_of_never_exit_thresholds_stays_finite() -> None:
+    from exitnas.reports.tradeoff import sweep_thresholds
+
+    thresholds = (0.4, float("inf"))  # a calibrated rule: never exit at the second exit
+    assert sweep_thresholds(thresholds, 0.0).tolist() == [0.0, 0.0]
+    middle = sweep_thresholds(thresholds, 0.5)
+    assert middle[0] == 0.4 and 1.0 < middle[1] < 1.0 + 1e-9  # above any confidence
+    assert not np.isnan(sweep_thresholds(thresholds, 0.75)).any()
+    assert np.isinf(sweep_thresholds(thresholds, 1.0)).all()
