@@ -266,24 +266,28 @@ def run_pipeline(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from exitnas.policies.profile_cli import ProfileSettings
     from exitnas.spaces import load_study
+    from exitnas.supernet import TrainingInterrupted
 
     study = load_study(args.study)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
     run = Path(args.out) if args.out else Path("runs") / study.name
     started = time.perf_counter()
-    from exitnas.policies.profile_cli import ProfileSettings
-
     repeats = args.profile_repeats
-    summary = run_pipeline(
-        study,
-        run,
-        device=args.device,
-        trials=args.trials,
-        profile_settings=ProfileSettings(repeats=repeats, passes=min(10, repeats)),
-        progress=not args.quiet,
-    )
+    try:
+        summary = run_pipeline(
+            study,
+            run,
+            device=args.device,
+            trials=args.trials,
+            profile_settings=ProfileSettings(repeats=repeats, passes=min(10, repeats)),
+            progress=not args.quiet,
+        )
+    except TrainingInterrupted as stop:  # Ctrl-C or SIGTERM while training: checkpointed
+        print(f"exitnas: {stop}; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary.table())
     print(f"exitnas run: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
