@@ -18,21 +18,20 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from plain_vit import plain_vit
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.models.vision_transformer import VisionTransformer
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from exitnas.data import load_splits
+from exitnas.search.runner import load_validation
 from exitnas.spaces import load_study
-from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
-from exitnas.supernet.cascade import DEFAULT_NORM_LAYER
+from exitnas.supernet.batches import epoch_order, normalize
 from exitnas.supernet.checkpoint import save_weights
+from exitnas.supernet.train import create_optimizer, training_batch
 
 
 def accuracy(model, images, labels, mean, std, batch: int = 500) -> float:
@@ -70,40 +69,15 @@ def main() -> None:
     study = load_study(args.study)
     cfg, space, bb = study.training, study.space, study.space.backbone
     epochs = args.epochs or cfg.epochs
+    if args.data:
+        study = replace(study, data=replace(study.data, path=args.data))
     data = study.data
-    splits = load_splits(
-        data.dataset,
-        args.data or data.path,
-        data.image_size,
-        data.val_fraction,
-        study.seed,
-        download=data.download,
-    )
+    splits = load_validation(study)  # the supernet's splits: same validation images held out
     torch.manual_seed(study.seed)
-    model = VisionTransformer(
-        img_size=space.max_resolution,
-        patch_size=min(p for p in space.patch_sizes if space.max_resolution % p == 0),
-        in_chans=space.in_chans,
-        num_classes=space.num_classes,
-        embed_dim=bb.embed_dim,
-        depth=bb.depth,
-        num_heads=bb.num_heads,
-        mlp_ratio=bb.mlp_ratio,
-        qkv_bias=bb.qkv_bias,
-        drop_path_rate=bb.drop_path_rate,
-        norm_layer=DEFAULT_NORM_LAYER,
-    )
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = plain_vit(space, bb.drop_path_rate)
     steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
     total = epochs * steps_per_epoch
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=total,
-        lr_min=cfg.min_lr,
-        t_in_epochs=False,
-        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=cfg.lr * 0.01,
-    )
+    optimizer, scheduler = create_optimizer(model, replace(cfg, epochs=epochs), steps_per_epoch)
     loss_fn = LabelSmoothingCrossEntropy(cfg.label_smoothing)
     resize = space.max_resolution != data.image_size
     started = time.perf_counter()
@@ -112,13 +86,11 @@ def main() -> None:
         epoch, position = divmod(step, steps_per_epoch)
         order = epoch_order(study.seed, epoch, len(splits.train))
         rows = torch.from_numpy(order[position * cfg.batch_size : (position + 1) * cfg.batch_size])
-        generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
-        images = augment(splits.train.images[rows], generator, cfg.crop_padding, cfg.hflip)
-        x = normalize(images, splits.mean, splits.std)
+        x, labels = training_batch(study, splits, rows, step, torch.device("cpu"))
         if resize:
             x = torch.nn.functional.interpolate(x, size=space.max_resolution, mode="bilinear")
         scheduler.step_update(step)
-        loss = loss_fn(model(x), splits.train.labels[rows])
+        loss = loss_fn(model(x), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -16,11 +16,10 @@ import statistics
 import time
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from plain_vit import plain_vit
 
 from exitnas.spaces import BranchConfig, ExitConfig, SubnetConfig, load_study
 from exitnas.supernet import build_supernet, count_flops
-from exitnas.supernet.cascade import DEFAULT_NORM_LAYER
 
 
 def full_vit_config(space) -> SubnetConfig:
@@ -60,22 +59,11 @@ def main() -> None:
     args = parser.parse_args()
 
     study = load_study(args.study)
-    space, bb = study.space, study.space.backbone
+    space = study.space
     supernet = build_supernet(study).train()
     config = full_vit_config(space)
     supernet.set_active(config)
-    vit = VisionTransformer(
-        img_size=space.max_resolution,
-        patch_size=min(space.patch_sizes),
-        in_chans=space.in_chans,
-        num_classes=space.num_classes,
-        embed_dim=bb.embed_dim,
-        depth=bb.depth,
-        num_heads=bb.num_heads,
-        mlp_ratio=bb.mlp_ratio,
-        qkv_bias=bb.qkv_bias,
-        norm_layer=DEFAULT_NORM_LAYER,
-    ).train()
+    vit = plain_vit(space).train()
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(
         args.batch, space.in_chans, space.max_resolution, space.max_resolution, generator=gen

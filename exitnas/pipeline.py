@@ -136,7 +136,6 @@ def run_pipeline(
     import numpy as np
     import optuna
 
-    from exitnas.data import load_splits
     from exitnas.policies.costs import load_device_costs
     from exitnas.policies.policy_cli import (
         DEFAULT_POLICY,
@@ -156,6 +155,7 @@ def run_pipeline(
         evaluation_key,
         load_evaluator,
         load_searched,
+        load_validation,
         open_run,
         run_search,
     )
@@ -170,10 +170,7 @@ def run_pipeline(
     clock = time.perf_counter()
 
     data = study.data
-    splits = load_splits(
-        data.dataset, data.path, data.image_size, data.val_fraction, study.seed,
-        download=data.download,
-    )  # fmt: skip
+    splits = load_validation(study)
     train_supernet(study, splits, run, progress=progress)
     seconds["train"] = time.perf_counter() - clock
 

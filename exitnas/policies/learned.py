@@ -357,14 +357,15 @@ class LearnedExitPolicy(BaseEstimator):
         scored = num_given - (num_given == num_exits)  # rows needing the classifier
         if scored:
             x = exit_features(logits, num_exits)[:scored].reshape(-1, self.n_features_in_)
-            positive = np.flatnonzero(self.classes_ == 1)
-            proba = (
-                self.estimator_.predict_proba(x)[:, positive[0]]
-                if positive.size
-                else np.zeros(len(x))
-            )
-            scores[:scored] = proba.reshape(scored, num_samples)
+            scores[:scored] = self._positive_proba(x).reshape(scored, num_samples)
         return scores
+
+    def _positive_proba(self, x: np.ndarray) -> np.ndarray:
+        """The classifier's probability of the positive class for feature rows ``x``."""
+        positive = np.flatnonzero(self.classes_ == 1)
+        if not positive.size:  # fitted on negatives only
+            return np.zeros(len(x))
+        return self.estimator_.predict_proba(x)[:, positive[0]]
 
     def score_exit(self, logits: np.ndarray, num_exits: int) -> np.ndarray:
         """Scores ``(N,)`` of the last of the exits given (what a runtime needs after each
@@ -378,11 +379,7 @@ class LearnedExitPolicy(BaseEstimator):
         logits = _check_logits(logits)
         if logits.shape[0] == num_exits:
             return np.ones(logits.shape[1])
-        x = exit_features(logits, num_exits)[-1]
-        positive = np.flatnonzero(self.classes_ == 1)
-        if not positive.size:
-            return np.zeros(len(x))
-        return self.estimator_.predict_proba(x)[:, positive[0]]
+        return self._positive_proba(exit_features(logits, num_exits)[-1])
 
     def calibrate(
         self,

@@ -43,6 +43,7 @@ __all__ = [
     "BUNDLE_FILES",
     "ExportError",
     "ParetoPoint",
+    "check_out_dir",
     "export_bundle",
     "export_front_json",
     "pareto_points",
@@ -221,6 +222,18 @@ def _holds(point: ParetoPoint, name: str, op: str, bound: float) -> bool:
     return value > bound
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a path, if a bundle may be written there (missing, or an empty folder).
+
+    Raises:
+        ExportError: it exists and is not an empty folder (nothing is touched).
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
+    return out
+
+
 def export_bundle(
     point: ParetoPoint,
     model: SuperViT,
@@ -255,9 +268,7 @@ def export_bundle(
     """
     if point.rule.rule == LEARNED and policy is None:
         raise ExportError("a point with the learned exit rule needs its policy to be exported")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
+    out = check_out_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": BUNDLE_FORMAT,

@@ -15,6 +15,7 @@ import optuna
 
 from exitnas.search.export import (
     ExportError,
+    check_out_dir,
     export_bundle,
     export_front_json,
     pareto_points,
@@ -115,9 +116,7 @@ def _export_budget(args: argparse.Namespace, run: Path) -> int:
     )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the query's work
-        raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
+    out = check_out_dir(args.out)  # before the query's work
     result = query_run(
         run,
         budget_from_args(args),

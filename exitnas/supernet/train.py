@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 import exitnas
 from exitnas.data import DataSplits
 from exitnas.errors import CheckpointError, ConfigError
-from exitnas.spaces import StudyConfig, SubnetConfig
+from exitnas.spaces import StudyConfig, SubnetConfig, TrainingConfig
 from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
 from exitnas.supernet.checkpoint import (
     atomic_write,
@@ -47,7 +47,9 @@ __all__ = [
     "TrainingInterrupted",
     "build_supernet",
     "check_target",
+    "create_optimizer",
     "train_supernet",
+    "training_batch",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -118,17 +120,9 @@ def train_supernet(
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
     model = build_supernet(study).to(device)
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=total,
-        lr_min=cfg.min_lr,
-        t_in_epochs=False,
-        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=cfg.lr * 0.01,
-    )
+    optimizer, scheduler = create_optimizer(model, cfg, steps_per_epoch)
     start, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
     if ckpt.exists():
@@ -160,7 +154,7 @@ def train_supernet(
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
             rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
-            images, labels = _batch(study, data, torch.from_numpy(rows), step, device)
+            images, labels = training_batch(study, data, torch.from_numpy(rows), step, device)
             rng = np.random.default_rng(step_seed(study.seed, step, 1))
             configs = [largest, smallest]
             configs += [study.space.sample(rng) for _ in range(cfg.random_subnets)]
@@ -210,7 +204,27 @@ def train_supernet(
     return summary
 
 
-def _batch(
+def create_optimizer(
+    model: torch.nn.Module, cfg: TrainingConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+    """timm's AdamW and a per-update cosine schedule with warm-up, from a training section.
+
+    The schedule is stateless (``step_update(step)`` sets the rate of any step), so a run
+    resumed at any step continues exactly.
+    """
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.epochs * steps_per_epoch,
+        lr_min=cfg.min_lr,
+        t_in_epochs=False,
+        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=cfg.lr * 0.01,
+    )
+    return optimizer, scheduler
+
+
+def training_batch(
     study: StudyConfig, data: DataSplits, rows: torch.Tensor, step: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised, augmented images and labels of one step (augmentation seeded by the step)."""
