@@ -129,7 +129,8 @@ class SearchObjective:
 
     The trial's parameters define the config and rule (rebuild them with
     ``suggest(FixedTrial(trial.params), space, rules)``); one user attribute records the exit
-    distribution and whether the architecture was cached.
+    distribution and whether the architecture was cached. ``space`` narrows the supernet's
+    space (it must be a subset of it: the benchmark's ablations search one supernet that way).
     """
 
     def __init__(
@@ -137,11 +138,13 @@ class SearchObjective:
         evaluator: ArchitectureEvaluator,
         rules: Sequence[str],
         latency: StageLatency | None = None,
+        space: SearchSpace | None = None,
     ):
         self.evaluator, self.rules, self.latency = evaluator, tuple(rules), latency
+        self.space = space or evaluator.model.space  # a narrower space: an ablation
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> tuple[float, ...]:
-        config, rule = suggest(trial, self.evaluator.model.space, self.rules)
+        config, rule = suggest(trial, self.space, self.rules)
         table, hit = self.evaluator.table(config)
         outcome = table.score(rule)
         trial.set_user_attr(

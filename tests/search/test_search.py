@@ -89,6 +89,24 @@ def test_resume_adds_trials_after_an_interruption(trained_run, tmp_path: Path) -
     assert summary.trials_added == 5
 
 
+def test_a_narrowed_space_searches_only_its_configs(trained_run, tmp_path: Path) -> None:
+    """The benchmark's ablations: one supernet searched in a narrower space."""
+    from exitnas.search.objective import SearchObjective
+
+    study, run = trained_run
+    evaluator = load_evaluator(study, run, f"sqlite:///{tmp_path / 'cache.db'}")
+    narrow = replace(study.space, max_branches=1, head_types=("linear",))
+    assert narrow != study.space
+    optuna_study = optuna.create_study(directions=["maximize", "minimize"])
+    optuna_study.optimize(SearchObjective(evaluator, ("max_softmax",), space=narrow), n_trials=12)
+    configs = [suggest(optuna.trial.FixedTrial(t.params), narrow)[0] for t in optuna_study.trials]
+    assert all(len(c.branches) == 1 for c in configs)
+    assert {e.head for c in configs for b in c.branches for e in b.exits} == {"linear"}
+    for config in configs:
+        study.space.check(config)  # a sub-network of the supernet's own space
+        narrow.check(config)
+
+
 def test_four_workers_add_exactly_the_requested_trials(trained_run, tmp_path: Path) -> None:
     study, run = trained_run
     study = with_sampler(study, "nsga2")
