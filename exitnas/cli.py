@@ -77,6 +77,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from exitnas.search.ray_backend import run_ray_search
 
+        if args.until is not None:
+            raise ExitnasError("--until works with --backend optuna; use --trials with ray")
         summary = run_ray_search(
             study,
             run,
@@ -92,6 +94,7 @@ def _search(args: argparse.Namespace) -> int:
             study,
             run,
             trials=args.trials,
+            until=args.until,
             storage=args.storage,
             workers=args.workers,
             device=args.device,
@@ -105,6 +108,17 @@ def _search(args: argparse.Namespace) -> int:
         f"cached {summary.cache_hits}, evaluated {summary.cache_misses} "
         f"({summary.seconds_per_miss:.3f} s each)"
     )
+    if summary.workers_lost:
+        print(
+            f"{summary.workers_lost} worker(s) died; their running trials were failed and "
+            "queued again for the others",
+            file=sys.stderr,
+        )
+    if summary.trials_complete < summary.target:
+        raise ExitnasError(
+            f"the study holds {summary.trials_complete} of {summary.target} completed trials "
+            "(workers died): run the command again to finish"
+        )
     return 0
 
 
@@ -132,7 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         "search", help="multi-objective search over sub-networks and exit thresholds"
     )
     search.add_argument("study", type=Path, help="study YAML file")
-    search.add_argument("--trials", type=at_least(1), help="trials to add (default: search.trials)")
+    amount = search.add_mutually_exclusive_group()
+    amount.add_argument("--trials", type=at_least(1), help="trials to add (default: search.trials)")
+    amount.add_argument(
+        "--until",
+        type=at_least(1),
+        metavar="N",
+        help="run until the study holds N completed trials, with every other worker on it "
+        "(start one per host; a killed worker's trial is retried by the others)",
+    )
     search.add_argument(
         "--storage", help="SQLAlchemy URL (default: sqlite:///runs/<study>/study.db)"
     )

@@ -2,7 +2,10 @@
 
 The study is an ordinary Optuna study (``optuna-dashboard`` opens it) named after the study
 file; running again loads it and adds trials. ``workers`` processes share it through the
-database; each runs its share of the requested trials, so exactly that many are added. The
+database and one target of completed trials (:class:`~exitnas.search.workers.StudyTarget`), so
+exactly the requested number is added even if a worker dies; ``until`` sets that target for
+workers started separately (other hosts). Running trials send Optuna heartbeats: the trial of
+a killed worker is marked failed and queued again for the others. The
 study records the study file's key, the exit rules and the hash of the supernet weights and
 validation split it was searched with, and refuses to continue with different ones.
 
@@ -20,7 +23,6 @@ import multiprocessing
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,7 @@ from exitnas.search.objective import ArchitectureEvaluator, SearchObjective, fil
 from exitnas.search.pareto import hypervolume_2d, pareto_mask
 from exitnas.search.samplers import create_sampler
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
+from exitnas.search.workers import StudyTarget
 from exitnas.spaces import StudyConfig
 from exitnas.supernet import SuperViT, count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
@@ -104,6 +107,8 @@ class SearchSummary:
     cache_misses: int  # this command's trials that ran a validation pass
     seconds: float
     seconds_per_miss: float  # mean wall-clock of one uncached architecture's validation pass
+    target: int = 0  # completed trials the study was to hold
+    workers_lost: int = 0  # worker processes that died (killed) instead of finishing
 
 
 def load_validation(study: StudyConfig) -> DataSplits:
@@ -172,17 +177,19 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     key: str | None = None,
     device: str | None = None,
+    heartbeat: int | None = None,
 ) -> optuna.Study:
     """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it.
 
     Args:
         key: the :func:`evaluation_key` the study must have been searched with.
         device: a profiled device: the three-objective study ``<study>@<device>``.
+        heartbeat: seconds between running trials' heartbeats (to run trials on it).
     """
     names, directions = search_objectives(device)
     optuna_study = optuna.create_study(
         study_name=search_study_name(study, device),
-        storage=open_storage(url),
+        storage=open_storage(url, heartbeat),
         sampler=sampler,
         directions=directions,
         load_if_exists=True,
@@ -293,22 +300,35 @@ def plan_search(
     trials = study.search.trials if trials is None else trials
     if trials < 1 or workers < 1:
         raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
-    return url, trials, min(workers, trials)
+    return url, trials, workers
 
 
 def _optimize(
-    study_dict: dict, run_dir: str, url: str, trials: int, threads: int, device: str | None
+    study_dict: dict, run_dir: str, url: str, target: int, threads: int, device: str | None
 ) -> tuple[int, int, float]:
-    """One worker process: run ``trials`` trials; return cache hits, misses, miss seconds."""
+    """One worker process: run trials until the study holds ``target`` completed ones; return
+    cache hits, misses and miss seconds."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = StudyConfig.from_dict(study_dict)
     evaluator = load_evaluator(study, Path(run_dir), url)
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna_study = open_study(study, url, sampler, evaluator.weights_hash, device)
+    optuna_study = open_study(
+        study, url, sampler, evaluator.weights_hash, device, study.search.heartbeat_seconds
+    )
     objective = SearchObjective(evaluator, study.search.rules, load_latency(study, url, device))
-    optuna_study.optimize(objective, n_trials=trials)
+    StudyTarget(optuna_study, target).run(objective)
     return evaluator.hits, evaluator.misses, evaluator.miss_seconds
+
+
+def _worker(connection: Any, *args: Any) -> None:
+    """Process entry point: :func:`_optimize`, its result or user error sent back."""
+    try:
+        connection.send(("ok", _optimize(*args)))
+    except ExitnasError as err:
+        connection.send(("error", str(err)))
+    finally:
+        connection.close()
 
 
 def front_stats(optuna_study: optuna.Study, reference: float) -> tuple[int, int, float]:
@@ -334,6 +354,7 @@ def run_search(
     run_dir: str | Path,
     *,
     trials: int | None = None,
+    until: int | None = None,
     storage: str | None = None,
     workers: int = 1,
     device: str | None = None,
@@ -345,6 +366,8 @@ def run_search(
         study: the study file (its ``search`` section: sampler, rules, trials, storage).
         run_dir: the run folder holding the trained supernet.
         trials: trials to add; the study's ``search.trials`` by default.
+        until: instead of ``trials``: run until the study holds this many completed trials,
+            counting those that other workers (other commands, other hosts) are running.
         storage: SQLAlchemy URL; the study's, else ``sqlite:///<run_dir>/study.db``.
         workers: processes running trials together on the same storage.
         device: a device profiled in the study's storage (``exitnas profile``): expected
@@ -357,45 +380,66 @@ def run_search(
     evaluator = load_evaluator(study, run_dir, url)  # fails early on a missing supernet
     latency = load_latency(study, url, device)  # and on a device never profiled
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna_study = open_study(study, url, sampler, evaluator.weights_hash, device)
+    heartbeat = study.search.heartbeat_seconds
+    optuna_study = open_study(study, url, sampler, evaluator.weights_hash, device, heartbeat)
     reference = reference_mflops(study)
-    shares = [trials // workers + (i < trials % workers) for i in range(workers)]
+    before = front_stats(optuna_study, reference)[0]
+    target = before + trials if until is None else until
     started = time.perf_counter()
     name = search_study_name(study, device)
-    bar = tqdm(total=trials, desc=f"search {name}", unit="trial", disable=not progress)
+    total = max(0, target - before)
+    bar = tqdm(total=total, desc=f"search {name}", unit="trial", disable=not progress)
+    lost = 0
     with bar:
         if workers == 1:
             last = [0.0]
 
             def tick(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                bar.update(1)
+                bar.update(trial.state == optuna.trial.TrialState.COMPLETE)
                 if time.perf_counter() - last[0] > 1.0:
                     last[0] = time.perf_counter()
                     refresh_bar(bar, s, reference, started)
 
             objective = SearchObjective(evaluator, study.search.rules, latency)
-            optuna_study.optimize(objective, n_trials=trials, callbacks=[tick])
+            if until is None:  # alone on the study: Optuna's own loop
+                optuna_study.optimize(objective, n_trials=trials, callbacks=[tick])
+            else:
+                StudyTarget(optuna_study, target).run(objective, callbacks=[tick])
             results = [(evaluator.hits, evaluator.misses, evaluator.miss_seconds)]
         else:
-            before = front_stats(optuna_study, reference)[0]
             threads = max(1, (os.cpu_count() or 1) // workers)
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                futures = [
-                    pool.submit(_optimize, study.to_dict(), str(run_dir), url, n, threads, device)
-                    for n in shares
-                ]
-                while not all(f.done() for f in futures):
-                    time.sleep(0.5)
-                    bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
-                    refresh_bar(bar, optuna_study, reference, started)
-                results = [f.result() for f in futures]
+            processes, pipes = [], []
+            for _ in range(workers):
+                receive, send = context.Pipe(duplex=False)
+                args = (send, study.to_dict(), str(run_dir), url, target, threads, device)
+                process = context.Process(target=_worker, args=args, daemon=True)
+                process.start()
+                send.close()
+                processes.append(process)
+                pipes.append(receive)
+            while any(p.is_alive() for p in processes):
+                time.sleep(0.5)
+                bar.n = min(total, front_stats(optuna_study, reference)[0] - before)
+                refresh_bar(bar, optuna_study, reference, started)
+            results, errors = [], []
+            for process, pipe in zip(processes, pipes, strict=True):
+                process.join()
+                message = pipe.recv() if pipe.poll() else None
+                if message is not None and message[0] == "ok":
+                    results.append(message[1])
+                elif message is not None:
+                    errors.append(message[1])
+                else:  # killed, or crashed with a traceback of its own
+                    lost += 1
+            if errors:
+                raise ExitnasError(errors[0])
         complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
     hits, misses, miss_seconds = (sum(r[i] for r in results) for i in range(3))
     return SearchSummary(
         study_name=name,
         storage=url,
-        trials_added=int(hits + misses),
+        trials_added=complete - before,
         trials_complete=complete,
         pareto_size=front,
         hypervolume=round(volume, 4),
@@ -403,4 +447,6 @@ def run_search(
         cache_misses=int(misses),
         seconds=round(time.perf_counter() - started, 2),
         seconds_per_miss=round(miss_seconds / misses, 4) if misses else 0.0,
+        target=target,
+        workers_lost=lost,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 SQLITE_TIMEOUT_S = 60
+MAX_RETRIES = 3  # times a trial whose worker died is queued again
 
 
 class StorageError(ExitnasError):
@@ -80,8 +82,14 @@ def _failure(url: str, err: BaseException) -> StorageError:
     return StorageError(f"cannot open storage {shown!r}: {first}")
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``, set up for concurrent workers.
+
+    Args:
+        url: SQLAlchemy URL.
+        heartbeat: seconds between the heartbeats of a running trial (for a storage that runs
+            trials). A trial whose worker stopped beating for twice as long is marked failed
+            and queued again (``RetryHeartbeatStaleTrialCallback``, up to 3 retries).
 
     Raises:
         StorageError: the URL is malformed, its driver is not installed, or it cannot connect.
@@ -91,7 +99,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             _prepare_sqlite(url)
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+                with warnings.catch_warnings():  # heartbeats are experimental in Optuna
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=_engine_kwargs(url), **_heartbeat_kwargs(heartbeat)
+                    )
             except sa.exc.IntegrityError:
                 # processes opening a fresh database together race to create Optuna's
                 # schema; the loser finds it created on the next try
@@ -103,6 +115,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise
     except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError, ValueError, RuntimeError) as err:
         raise _failure(url, err) from None
+
+
+def _heartbeat_kwargs(heartbeat: int | None) -> dict:
+    if heartbeat is None:
+        return {}
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    return {
+        "heartbeat_interval": heartbeat,
+        "grace_period": 2 * heartbeat,
+        "heartbeat_stale_trial_callback": retry,
+    }
 
 
 def open_store(url: str) -> SqlStore:

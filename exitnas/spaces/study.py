@@ -100,6 +100,7 @@ class SearchConfig:
     storage: str | None = None  # SQLAlchemy URL; default sqlite:///runs/<name>/study.db
     budget_mflops: float | None = None  # `exitnas run`'s bundle: expected MFLOPs per image
     budget_ms: float | None = None  # ... or expected ms per image on the profiled machine
+    heartbeat_seconds: int = 10  # a trial whose worker is silent 2x this long is failed, retried
 
     def __post_init__(self) -> None:
         for name in ("budget_mflops", "budget_ms"):
@@ -115,6 +116,8 @@ class SearchConfig:
         for rule in self.rules:
             if rule not in EXIT_RULES:
                 raise ConfigError(f"rules: {rule!r} is not allowed; allowed: {EXIT_RULES}")
+        if self.heartbeat_seconds < 1:
+            raise ConfigError(f"heartbeat_seconds: {self.heartbeat_seconds} must be at least 1")
         if self.trials < 1 or self.population_size < 2:
             raise ConfigError("trials must be at least 1 and population_size at least 2")
 
