@@ -126,9 +126,9 @@ def _decode_all(
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[name] for name in classes], dtype=np.int64)
     images = np.empty((len(classes), 3, image_size, image_size), np.uint8)
-    progress = tqdm(blobs, total=len(classes), desc=f"decoding {label}", unit="img")
-    for i, (name, data) in enumerate(progress):
-        images[i] = decode_image(data, name, image_size)  # (3, H, W)
+    with tqdm(blobs, total=len(classes), desc=f"decoding {label}", unit="img", leave=False) as bar:
+        for i, (name, data) in enumerate(bar):
+            images[i] = decode_image(data, name, image_size)  # (3, H, W)
     return ImageArrays(images, labels, class_names)
 
 

@@ -165,14 +165,24 @@ class StudyConfig:
         which device or thread count runs the training, how often it checkpoints and how the
         search runs are left out: moving the data or resuming on another machine is allowed.
         """
+        text = json.dumps(self._key_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def key_differences(self, other: StudyConfig, limit: int = 3) -> str:
+        """What makes ``other``'s key differ from this one's, e.g. ``space.backbone.embed_dim:
+        32 here, 48 there`` (at most ``limit`` fields)."""
+        changes = _differences(self._key_fields(), other._key_fields(), "")
+        more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+        return "; ".join(changes[:limit]) + more
+
+    def _key_fields(self) -> dict[str, Any]:
         data = self.to_dict()
         data.pop("search")
         for name in ("path", "download"):
             data["data"].pop(name)
         for name in ("device", "num_threads", "checkpoint_every"):
             data["training"].pop(name)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return data
 
     def with_overrides(self, **training: Any) -> StudyConfig:
         """A copy with some training fields replaced (``None`` values are ignored)."""
@@ -205,3 +215,12 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
         return StudyConfig.from_dict(data, where="study")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _differences(a: Any, b: Any, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for name in sorted(set(a) | set(b)):
+            found += _differences(a.get(name), b.get(name), f"{where}.{name}" if where else name)
+        return found
+    return [] if a == b else [f"{where}: {a!r} here, {b!r} there"]

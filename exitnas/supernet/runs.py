@@ -46,7 +46,8 @@ def load_supernet(
         raise CheckpointError(f"{run} holds an unfinished training run; run train to finish it")
     if study is not None and study.key() != trained.key():
         raise CheckpointError(
-            f"{run} was trained for another study (key {trained.key()}, expected {study.key()})"
+            f"{run} was trained for another study: {trained.key_differences(study)} "
+            "(here: the run, there: the study file)"
         )
     tensors, meta = load_weights(run / WEIGHTS)
     if meta.get("study_key") != trained.key():

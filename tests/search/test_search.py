@@ -113,9 +113,12 @@ def test_four_workers_add_exactly_the_requested_trials(trained_run, tmp_path: Pa
     url = default_storage_url(tmp_path)
     summary = run_search(study, run, trials=40, storage=url, workers=4, progress=False)
     trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert len(trials) == 40
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert summary.trials_added == 40
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 40
+    # workers that started a trial at the same moment near the end prune the surplus one
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert states.count(optuna.trial.TrialState.PRUNED) < 4
+    assert summary.trials_added == 40 and summary.workers_lost == 0
     assert summary.cache_hits + summary.cache_misses == 40
 
 
