@@ -25,9 +25,12 @@ def _train(args: argparse.Namespace) -> int:
     from exitnas.data import load_splits
     from exitnas.spaces import load_study
     from exitnas.supernet import TrainingInterrupted, train_supernet
+    from exitnas.supernet.distributed import init_distributed
     from exitnas.supernet.train import check_target
 
     study = load_study(args.study).with_overrides(epochs=args.epochs, device=args.device)
+    ranks, device = init_distributed(study.training.device)  # several under torchrun
+    study = study.with_overrides(device=device)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
     out = Path(args.out) if args.out else Path("runs") / study.name
@@ -43,10 +46,22 @@ def _train(args: argparse.Namespace) -> int:
         download=data_cfg.download,
     )
     try:
-        summary = train_supernet(study, splits, out, progress=not args.quiet)
+        summary = train_supernet(
+            study,
+            splits,
+            out,
+            progress=not args.quiet,
+            stop_at_step=args.stop_at_step,
+            ranks=ranks,
+        )
     except TrainingInterrupted as stop:
-        print(f"exitnas: {stop}; run the same command again to resume", file=sys.stderr)
-        return 130
+        asked = args.stop_at_step is not None and stop.step >= args.stop_at_step
+        if ranks.main:
+            hint = "without --stop-at-step" if asked else "again"
+            print(f"exitnas: {stop}; run the same command {hint} to resume", file=sys.stderr)
+        return 0 if asked else 130
+    if not ranks.main:
+        return 0
     print(
         f"supernet trained: {out}/supernet.safetensors  "
         f"({summary.steps} steps, {summary.seconds:.1f} s, {summary.images_per_second:.0f} img/s)\n"
@@ -146,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default: runs/<study name>)")
     train.add_argument("--epochs", type=int, help="override training.epochs")
     train.add_argument("--device", help="override training.device (cpu, cuda, ...)")
+    train.add_argument(
+        "--stop-at-step",
+        type=at_least(1),
+        metavar="N",
+        help="stop with a checkpoint once N steps are done (a time-limited job slot); "
+        "the same command without it resumes",
+    )
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (~/.cache/exitnas)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)

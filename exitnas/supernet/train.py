@@ -39,6 +39,7 @@ from exitnas.supernet.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from exitnas.supernet.distributed import Ranks, average_gradients
 from exitnas.supernet.evaluate import exit_accuracies, predict_exits
 from exitnas.supernet.supervit import SuperViT
 
@@ -92,6 +93,7 @@ def train_supernet(
     *,
     progress: bool = True,
     stop_at_step: int | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainSummary:
     """Train ``study``'s supernet into ``out_dir``, resuming from its checkpoint if present.
 
@@ -104,12 +106,15 @@ def train_supernet(
         out_dir: the run folder, e.g. ``runs/quickstart``.
         progress: show a tqdm progress bar (epoch, loss, images/s, ETA).
         stop_at_step: stop (as if interrupted) once this many steps are done.
+        ranks: this process's rank among several training processes
+            (:func:`~exitnas.supernet.distributed.init_distributed`); alone by default.
 
     Raises:
         CheckpointError: ``out_dir`` holds a run of a different study, or a corrupt checkpoint.
         TrainingInterrupted: stopped by a signal or ``stop_at_step``; run again to resume.
     """
     out = Path(out_dir)
+    ranks = ranks or Ranks()
     check_target(study, out)
     _check_data(study, data)
     done = _finished_summary(out, study)
@@ -132,9 +137,12 @@ def train_supernet(
         restore_checkpoint(ckpt, tensors, meta, model, optimizer)
         start, seconds = int(meta["step"]), float(meta["seconds"])
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    if ranks.main:
+        remove_stale_temporaries(out)
 
     def save(step: int, elapsed: float) -> None:
+        if not ranks.main:
+            return
         _write_description(out, study, model, {"complete": False, "step": step, "steps": total})
         meta = {"step": step, "seconds": elapsed, "study_key": study.key()}
         save_checkpoint(ckpt, model, optimizer, {**meta, "study": study.to_dict()})
@@ -143,7 +151,11 @@ def train_supernet(
     largest, smallest = study.space.largest(), study.space.smallest()
     model.train()
     bar = tqdm(
-        total=total, initial=start, desc=f"train {study.name}", unit="step", disable=not progress
+        total=total,
+        initial=start,
+        desc=f"train {study.name}" + (f" ({ranks.world} processes)" if ranks.world > 1 else ""),
+        unit="step",
+        disable=not (progress and ranks.main),
     )
     began, loss_value = time.perf_counter(), float("nan")
     order_epoch = start // steps_per_epoch
@@ -155,6 +167,12 @@ def train_supernet(
                 order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
             rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
             images, labels = training_batch(study, data, torch.from_numpy(rows), step, device)
+            if ranks.world > 1:  # the same global batch everywhere, a slice of it here
+                share = len(images[ranks.rank :: ranks.world]) / len(images)
+                images, labels = (
+                    images[ranks.rank :: ranks.world],
+                    labels[ranks.rank :: ranks.world],
+                )
             rng = np.random.default_rng(step_seed(study.seed, step, 1))
             configs = [largest, smallest]
             configs += [study.space.sample(rng) for _ in range(cfg.random_subnets)]
@@ -165,6 +183,8 @@ def train_supernet(
                 loss_value = _sandwich_backward(
                     model, images, labels, configs, hard, cfg.distill_temperature
                 )
+            if ranks.world > 1:
+                average_gradients(model, share)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done_steps = step + 1
@@ -176,11 +196,18 @@ def train_supernet(
             )
             boundary = done_steps % cfg.checkpoint_every == 0 or done_steps % steps_per_epoch == 0
             halt = stop.is_set() or (stop_at_step is not None and done_steps >= stop_at_step)
+            halt = ranks.any(halt)  # every rank stops after the same step
             if (boundary or halt) and done_steps < total:
                 save(done_steps, elapsed)
             if halt and done_steps < total:
+                ranks.barrier()  # the checkpoint is written before any rank reports it
                 raise TrainingInterrupted(done_steps, ckpt)
     seconds += time.perf_counter() - began
+    if not ranks.main:  # rank 0 evaluates and writes the run; read its summary
+        ranks.barrier()
+        finished = _finished_summary(out, study)
+        assert finished is not None
+        return finished
     model.eval()
     accs = [
         exit_accuracies(
@@ -201,6 +228,7 @@ def train_supernet(
     save_weights(out / WEIGHTS, state, {"study_key": study.key(), "format": 1})
     _write_description(out, study, model, {"complete": True, **asdict(summary)})
     ckpt.unlink(missing_ok=True)
+    ranks.barrier()
     return summary
 
 
