@@ -5,7 +5,8 @@ define-by-run space; the Optuna study lives in the same database as with the Opt
 so ``exitnas export`` and ``exitnas report`` read the result unchanged. Each Ray trial is one
 Optuna trial: the trainable rebuilds the sub-network and exit rule from the trial's parameters,
 scores them with an :class:`ArchitectureEvaluator` kept once per Ray worker process, and reports
-``accuracy`` and ``mflops``, which ``OptunaSearch`` tells the Optuna study.
+``accuracy`` and ``mflops``, which ``OptunaSearch`` tells the Optuna study. Each trial records
+the process (``worker``: ``host:pid``) and Ray node (``ray_node``) it ran on.
 
 On a cluster (``address``), every node needs exitnas installed, the run folder at the same path
 and the database reachable (PostgreSQL; SQLite only on one host). Ray's own trial records go to
@@ -45,6 +46,7 @@ from exitnas.search.runner import (
 from exitnas.search.samplers import create_sampler
 from exitnas.search.space import suggest
 from exitnas.search.storage import open_storage
+from exitnas.search.workers import worker_name
 from exitnas.spaces import SearchSpace, StudyConfig
 
 __all__ = ["RayBackendError", "run_ray_search"]
@@ -104,6 +106,7 @@ def _trainable(
     config: dict[str, Any], *, study: StudyConfig, run_dir: str, url: str, device: str | None
 ) -> None:
     """One Ray trial: score the trial's config and exit rule, report the objectives."""
+    import ray
     from ray import tune
 
     worker = _worker(study, run_dir, url, device)
@@ -117,6 +120,10 @@ def _trainable(
     )
     worker.storage.set_trial_user_attr(  # before reporting: the trial is still running
         trial_id, TRIAL_ATTR, {"exit_fractions": list(outcome.exit_fractions), "cache_hit": hit}
+    )
+    worker.storage.set_trial_user_attr(trial_id, "worker", worker_name())
+    worker.storage.set_trial_user_attr(
+        trial_id, "ray_node", ray.get_runtime_context().get_node_id()
     )
     stage_ms = None if worker.latency is None else worker.latency.stage_ms(study.space, subnet)[0]
     values = objective_values(outcome, stage_ms)
