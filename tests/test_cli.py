@@ -106,6 +106,45 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(study, tmp_path: Path) 
         torch.testing.assert_close(b[name], a[name])
 
 
+def test_kill_9_at_random_points_every_resume_completes(study, tmp_path: Path) -> None:
+    """Three SIGKILLs at random moments of one run (seeded): after each the folder holds a
+    readable checkpoint or none (never a torn file), and the resumed run ends with the weights of
+    an uninterrupted one."""
+    import random
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "exitnas.cli", "train", str(path), "--quiet", "--out"]
+    draw = random.Random(20261122)
+    steps = []
+    for _ in range(3):
+        started = time.time()
+        process = subprocess.Popen([*command, str(killed)], env=env)
+        checkpoint = killed / "checkpoint.safetensors"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists() and checkpoint.stat().st_mtime > started:
+                break  # training under way in this process: kill at a random moment after
+            time.sleep(0.02)
+        time.sleep(draw.uniform(0.0, 1.0))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if (killed / "checkpoint.safetensors").exists():
+            _, meta = load_weights(killed / "checkpoint.safetensors")  # never torn
+            steps.append(int(meta["step"]))
+        assert process.returncode == -signal.SIGKILL, "training ended before the kill"
+    assert steps == sorted(steps) and steps, "no checkpoint was reached before the kills"
+    assert subprocess.run([*command, str(killed)], env=env).returncode == 0
+    assert not list(killed.glob("*.tmp*"))
+    assert subprocess.run([*command, str(straight)], env=env).returncode == 0
+    a = load_weights(straight / "supernet.safetensors")[0]
+    b = load_weights(killed / "supernet.safetensors")[0]
+    for name in a:
+        torch.testing.assert_close(b[name], a[name])
+
+
 def test_search_cli_adds_trials_and_resumes(trained_run, tmp_path: Path, capsys) -> None:
     study, run = trained_run
     path = tmp_path / "tiny.yaml"
