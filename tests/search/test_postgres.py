@@ -151,3 +151,12 @@ def test_profiles_policies_queries_and_bundles_in_postgres(
     assert main(["export", *base, "--out", str(out), "--device", "cpu", "--budget-ms", "1e6"]) == 0
     meta = json.loads((out / "config.json").read_text())
     assert meta["budget_query"]["device"] == "cpu"
+
+
+def test_both_drivers_open_the_same_database(fresh_url: str) -> None:
+    """``postgresql+psycopg2://`` and ``postgresql+psycopg://`` (psycopg 3) URLs both work."""
+    pytest.importorskip("psycopg")
+    three = fresh_url.replace("postgresql+psycopg2://", "postgresql+psycopg://", 1)
+    optuna.create_study(study_name="drivers", storage=open_storage(three))
+    assert [s.study_name for s in open_storage(fresh_url).get_all_studies()] == ["drivers"]
+    assert open_store(three).count("none") == 0
