@@ -104,10 +104,12 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                     return optuna.storages.RDBStorage(
                         url, engine_kwargs=_engine_kwargs(url), **_heartbeat_kwargs(heartbeat)
                     )
-            except sa.exc.IntegrityError:
+            except (sa.exc.IntegrityError, sa.exc.OperationalError) as err:
                 # processes opening a fresh database together race to create Optuna's
-                # schema; the loser finds it created on the next try
-                if attempt == 4:
+                # schema (a duplicate row, or "table ... already exists"); the loser finds it
+                # created on the next try
+                race = isinstance(err, sa.exc.IntegrityError) or "already exists" in str(err)
+                if attempt == 4 or not race:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")

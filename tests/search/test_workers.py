@@ -102,8 +102,12 @@ def test_kill_9_of_two_of_four_search_workers(trained_run, tmp_path: Path) -> No
     assert kept <= complete  # no completed trial lost
     for number in killed.values():
         assert final.trials[number].state == TrialState.FAIL
+        # retried; on SQLite (no row locks) two workers noticing the stale trial at once can
+        # both queue it, and the second copy then runs or is pruned as surplus
         retries = [t for t in final.trials if t.system_attrs.get("failed_trial") == number]
-        assert [t.state for t in retries] == [TrialState.COMPLETE]
-        # the same parameters, as far as the killed trial had drawn them
-        assert final.trials[number].params.items() <= retries[0].params.items()
+        states = [t.state for t in retries]
+        assert TrialState.COMPLETE in states
+        assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+        for retry in retries:  # the same parameters, as far as the killed trial drew them
+            assert final.trials[number].params.items() <= retry.params.items()
     assert not final.get_trials(states=(TrialState.RUNNING,))
