@@ -28,11 +28,11 @@ from exitnas.search.storage import default_storage_url, open_storage
 from exitnas.spaces import load_study
 
 
-def timed_study(name, url, objective, sampler_args, trials) -> float:
-    """Seconds per trial of a fresh study."""
+def timed_study(name, url, objective, sampler_args, trials, heartbeat=None) -> float:
+    """Seconds per trial of a fresh study (running trials send heartbeats if ``heartbeat``)."""
     study = optuna.create_study(
         study_name=name,
-        storage=open_storage(url),
+        storage=open_storage(url, heartbeat),
         sampler=create_sampler(*sampler_args),
         directions=DIRECTIONS,
     )
@@ -62,17 +62,24 @@ def main() -> None:
 
         fill = timed_study("fill", url, objective, sampler_args, args.trials)
         misses, miss_seconds = evaluator.misses, evaluator.miss_seconds
-        ours, plain = [], []
+        ours, plain, beating = [], [], []
+        heartbeat = study.search.heartbeat_seconds
         for i in range(args.rounds):
             plain.append(timed_study(f"bare{i}", url, bare, sampler_args, args.trials))
             evaluator.hits = evaluator.misses = 0
             ours.append(timed_study(f"cached{i}", url, objective, sampler_args, args.trials))
+            beating.append(
+                timed_study(f"hb{i}", url, objective, sampler_args, args.trials, heartbeat)
+            )
             assert evaluator.misses == 0, "the timed run met an uncached architecture"
         bare_s, ours_s = statistics.median(plain), statistics.median(ours)
+        beat_s = statistics.median(beating)
         print(f"study: {args.study}, {args.trials} trials x {args.rounds} rounds, NSGA-II, {url}")
         print(f"bare Optuna trial (same sampler, storage, params) : {bare_s * 1e3:7.2f} ms")
         print(f"exitnas trial on a cached architecture            : {ours_s * 1e3:7.2f} ms")
         print(f"ratio                                             : {ours_s / bare_s:.3f}")
+        print(f"the same with heartbeats (as exitnas search runs) : {beat_s * 1e3:7.2f} ms")
+        print(f"ratio with heartbeats                             : {beat_s / bare_s:.3f}")
         print(f"filling run: {fill * 1e3:.2f} ms/trial, {misses} uncached architectures, ")
         print(
             f"  {miss_seconds / max(misses, 1):.3f} s per uncached architecture (validation pass)"
