@@ -99,7 +99,7 @@ class SearchSummary:
 
     study_name: str
     storage: str
-    trials_added: int  # trials this command completed
+    trials_added: int  # completed trials the study gained while this command ran
     trials_complete: int  # completed trials in the study now (all processes)
     pareto_size: int  # trials on the Pareto front
     hypervolume: float  # accuracy x MFLOPs dominated below the reference cost
@@ -300,7 +300,7 @@ def plan_search(
     trials = study.search.trials if trials is None else trials
     if trials < 1 or workers < 1:
         raise ExitnasError(f"trials ({trials}) and workers ({workers}) must be at least 1")
-    return url, trials, workers
+    return url, trials, min(workers, trials)
 
 
 def _optimize(
