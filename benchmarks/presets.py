@@ -21,16 +21,20 @@ import optuna
 
 from exitnas.policies.learned import calibrate_thresholds
 from exitnas.search.export import pareto_points
-from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
+from exitnas.search.rules import LEARNED, confidences, exit_indices, score_exits, softmax
 from exitnas.search.runner import load_evaluator, load_searched, open_run
 from exitnas.spaces.presets import PRESETS, make_preset
 from exitnas.supernet import count_flops
 from exitnas.supernet.evaluate import predict_exits
 
 
-def test_point(logits, labels, stage_flops, rule: str, thresholds) -> tuple[float, float]:
-    """Test accuracy and expected MFLOPs of a rule with given thresholds."""
-    taken = exit_indices(confidences(softmax(logits), rule), thresholds)
+def test_point(
+    logits, labels, stage_flops, rule: str, thresholds, policy=None
+) -> tuple[float, float]:
+    """Test accuracy and expected MFLOPs of a rule with given thresholds (``policy``: the
+    study policy scoring the ``learned`` rule)."""
+    scores = policy.scores(logits) if rule == LEARNED else confidences(softmax(logits), rule)
+    taken = exit_indices(scores, np.asarray(thresholds, dtype=np.float64))
     correct = logits.argmax(-1) == labels[None, :]
     outcome = score_exits(taken, correct, np.cumsum(stage_flops))
     return outcome.accuracy, outcome.expected_flops / 1e6

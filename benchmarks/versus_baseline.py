@@ -45,13 +45,14 @@ import optuna
 import plotly.graph_objects as go
 import torch
 from plain_vit import plain_vit
-from presets import describe
+from presets import describe, test_point
 
 import exitnas
+from exitnas.policies.policy_cli import QueryResult, export_query_result
 from exitnas.policies.query import Budget, BudgetError, Candidate, answer_budget
 from exitnas.policies.study_policy import fit_study_policy, policy_from_bytes, policy_to_bytes
-from exitnas.search.export import export_bundle, pareto_points
-from exitnas.search.objective import SearchObjective, file_sha256
+from exitnas.search.export import pareto_points
+from exitnas.search.objective import SearchObjective
 from exitnas.search.rules import LEARNED, confidences, exit_indices, score_exits, softmax
 from exitnas.search.runner import DIRECTIONS, load_evaluator, load_searched, open_run
 from exitnas.search.samplers import create_sampler
@@ -59,7 +60,6 @@ from exitnas.search.storage import open_store
 from exitnas.supernet.batches import normalize
 from exitnas.supernet.checkpoint import load_weights
 from exitnas.supernet.evaluate import predict_exits
-from exitnas.supernet.train import WEIGHTS
 
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.25)
 SHARED_THRESHOLDS = np.linspace(0.0, 1.0, 51)
@@ -69,18 +69,6 @@ NARROWED = {  # ablation -> the SearchSpace fields it narrows
     "linear-heads": {"head_types": ("linear",)},
     "no-keep-rates": {"keep_rates": (1.0,)},
 }
-
-
-def test_outcome(logits, labels, stage_flops, rule_name, thresholds, policy=None):
-    """Test accuracy and mean MFLOPs of an exit rule, simulated from test logits."""
-    if rule_name == LEARNED:
-        scores = policy.scores(logits)
-    else:
-        scores = confidences(softmax(logits), rule_name)
-    taken = exit_indices(scores, np.asarray(thresholds, dtype=np.float64))
-    correct = logits.argmax(-1) == labels[None, :]
-    outcome = score_exits(taken, correct, np.cumsum(stage_flops))
-    return outcome.accuracy, outcome.expected_flops / 1e6
 
 
 def fit_policy(candidates, labels, seed: int):
@@ -191,7 +179,7 @@ def main() -> None:
     print("\n| point | config | rule | val acc | test acc | MFLOPs (test) |")
     print("|---:|---|---|---:|---:|---:|")
     for p in points:
-        acc, mflops = test_outcome(
+        acc, mflops = test_point(
             test_logits(p.config), test_labels, p.stage_flops, p.rule.rule, p.rule.thresholds
         )
         front.append(
@@ -236,26 +224,11 @@ def main() -> None:
                 print(f"| {fraction:g} | below the cheapest configuration: {err} |")
                 continue
             out = Path(tmp) / f"b{fraction:g}"
-            point = replace(
-                answer.point,
-                rule=answer.rule,
-                accuracy=answer.accuracy,
-                mflops=answer.mflops,
-                exit_fractions=answer.exit_fractions,
-            )
             blob = (
                 policy_to_bytes(policy, deployed_only=True) if answer.rule.rule == LEARNED else None
             )
-            export_bundle(
-                point,
-                model,
-                study,
-                out,
-                weights_hash=file_sha256(args.run / WEIGHTS),
-                mean=splits.mean,
-                std=splits.std,
-                policy=blob,
-            )
+            result = QueryResult(answer, model, study, splits, blob, stored and stored.name)
+            export_query_result(result, args.run, out)  # what `exitnas export --budget-...` writes
             bundle = exitnas.load(out)
             prediction = bundle.predict(images, batch_size=args.batch)
             accuracy = float((prediction.labels == test_labels).mean())
@@ -321,7 +294,7 @@ def main() -> None:
                     answer.accuracy,
                 )
             config = chosen_point.config
-            acc, mflops = test_outcome(
+            acc, mflops = test_point(
                 test_logits(config),
                 test_labels,
                 chosen_point.stage_flops,
