@@ -9,6 +9,11 @@ image (counted by ``FlopCounterMode``), and measured CPU latency (batch 1: media
 images; batch 512: ms per image), with the threads given.
 
     python benchmarks/baseline_vit.py studies/cifar10.yaml --out runs/cifar10-baseline
+
+Its ``vit.safetensors`` (``model.state_dict()``, with the ViT's dims, ``num_heads`` included, in
+the metadata) is a valid warm start for the supernet of the same study:
+
+    exitnas train studies/cifar10.yaml --init runs/cifar10-baseline/vit.safetensors
 """
 
 from __future__ import annotations
@@ -117,7 +122,13 @@ def main() -> None:
         "threads": args.threads,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    save_weights(args.out / "vit.safetensors", model.state_dict(), {"baseline": result})
+    vit = {  # read by `exitnas train --init` (num_heads is in no tensor shape)
+        "num_heads": bb.num_heads,
+        "img_size": space.max_resolution,
+        "patch_size": model.patch_embed.patch_size[0],
+        "num_classes": space.num_classes,
+    }
+    save_weights(args.out / "vit.safetensors", model.state_dict(), {"baseline": result, "vit": vit})
     (args.out / "baseline.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -1,11 +1,22 @@
-"""The plain timm ViT the benchmarks compare the supernet with (a helper, not a benchmark)."""
+"""The plain timm ViT the benchmarks compare the supernet with, and its training alone (a
+helper, not a benchmark)."""
 
 from __future__ import annotations
 
-from timm.models.vision_transformer import VisionTransformer
+import math
+import time
+from dataclasses import replace
 
-from exitnas.spaces import SearchSpace
+import torch
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.models.vision_transformer import VisionTransformer
+from tqdm.auto import tqdm
+
+from exitnas.data import DataSplits
+from exitnas.spaces import SearchSpace, StudyConfig
+from exitnas.supernet.batches import epoch_order
 from exitnas.supernet.cascade import DEFAULT_NORM_LAYER
+from exitnas.supernet.train import create_optimizer, training_batch
 
 
 def plain_vit(space: SearchSpace, drop_path_rate: float = 0.0) -> VisionTransformer:
@@ -25,3 +36,34 @@ def plain_vit(space: SearchSpace, drop_path_rate: float = 0.0) -> VisionTransfor
         drop_path_rate=drop_path_rate,
         norm_layer=DEFAULT_NORM_LAYER,
     )
+
+
+def train_plain_vit(
+    study: StudyConfig, splits: DataSplits, epochs: int, *, progress: bool = True
+) -> tuple[VisionTransformer, float]:
+    """:func:`plain_vit` trained alone exactly as the supernet is: the same images in the same
+    order, augmentation, optimiser, schedule, label smoothing and seed. Returns the model (in
+    eval mode) and the training wall time in seconds."""
+    cfg, space = study.training, study.space
+    torch.manual_seed(study.seed)
+    model = plain_vit(space, space.backbone.drop_path_rate)
+    steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
+    total = epochs * steps_per_epoch
+    optimizer, scheduler = create_optimizer(model, replace(cfg, epochs=epochs), steps_per_epoch)
+    loss_fn = LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    resize = space.max_resolution != study.data.image_size
+    started = time.perf_counter()
+    model.train()
+    for step in tqdm(range(total), desc="train plain ViT", unit="step", disable=not progress):
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(study.seed, epoch, len(splits.train))
+        rows = torch.from_numpy(order[position * cfg.batch_size : (position + 1) * cfg.batch_size])
+        x, labels = training_batch(study, splits, rows, step, torch.device("cpu"))
+        if resize:
+            x = torch.nn.functional.interpolate(x, size=space.max_resolution, mode="bilinear")
+        scheduler.step_update(step)
+        loss = loss_fn(model(x), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.eval(), time.perf_counter() - started

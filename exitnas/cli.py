@@ -53,6 +53,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             stop_at_step=args.stop_at_step,
             ranks=ranks,
+            init=args.init,
         )
     except TrainingInterrupted as stop:
         asked = args.stop_at_step is not None and stop.step >= args.stop_at_step
@@ -65,8 +66,8 @@ def _train(args: argparse.Namespace) -> int:
     print(
         f"supernet trained: {out}/supernet.safetensors  "
         f"({summary.steps} steps, {summary.seconds:.1f} s, {summary.images_per_second:.0f} img/s)\n"
-        f"validation accuracy: largest {summary.val_accuracy_largest:.4f}, "
-        f"smallest {summary.val_accuracy_smallest:.4f}"
+        f"validation accuracy: standalone {summary.val_accuracy_standalone:.4f}, "
+        f"largest {summary.val_accuracy_largest:.4f}, smallest {summary.val_accuracy_smallest:.4f}"
     )
     return 0
 
@@ -167,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop with a checkpoint once N steps are done (a time-limited job slot); "
         "the same command without it resumes",
+    )
+    train.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from a pretrained timm ViT (safetensors or torch state dict) with the "
+        "backbone's width, depth and heads (any patch and image size); exit heads other than "
+        "the final linear ones and the reuse modules start fresh; ignored when resuming",
     )
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (~/.cache/exitnas)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -279,6 +280,33 @@ def _import_corrupt_profile(tmp, run, study, bundle):
     return ["profile", "--study", str(run), "--device", "x", "--import", str(tmp / "p.json")]
 
 
+def _tiny_vit_file(path: Path, embed_dim: int) -> Path:
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(16, 2, 1, 10, embed_dim=embed_dim, depth=4, num_heads=2, mlp_ratio=2)
+    torch.save(vit.state_dict(), path)
+    return path
+
+
+def _init_of_other_dims(tmp, run, study, bundle):
+    vit = _tiny_vit_file(tmp / "wide.pt", 48)  # into the finished run: it stays as it is
+    return ["train", str(study), "--out", str(run), "--init", str(vit)]
+
+
+def _init_missing(tmp, run, study, bundle):
+    return ["train", str(study), "--out", str(tmp / "out"), "--init", str(tmp / "vit.pt")]
+
+
+def _init_corrupt(tmp, run, study, bundle):
+    (tmp / "vit.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    return ["train", str(study), "--out", str(tmp / "out"), "--init", str(tmp / "vit.safetensors")]
+
+
+def _init_crafted_pickle(tmp, run, study, bundle):
+    crafted_pickle(tmp / "vit.pt")
+    return ["train", str(study), "--out", str(tmp / "out"), "--init", str(tmp / "vit.pt")]
+
+
 CASES = [
     ("malformed YAML", _malformed_yaml, "not valid YAML"),
     ("study is a list", _not_a_mapping, "expected a mapping with keys"),
@@ -314,6 +342,10 @@ CASES = [
     ("report of a missing run", _report_of_missing_run, "no-run"),
     ("missing profile to import", _import_missing_profile, "p.json"),
     ("corrupt profile to import", _import_corrupt_profile, "p.json"),
+    ("init of other dims", _init_of_other_dims, "embed_dim 48 in the checkpoint, 32 in the study"),
+    ("init missing", _init_missing, "vit.pt: no such file"),
+    ("init corrupt", _init_corrupt, "vit.safetensors: unreadable or corrupt safetensors file"),
+    ("init crafted pickle", _init_crafted_pickle, "vit.pt: holds objects other than tensors"),
 ]
 
 

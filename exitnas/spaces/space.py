@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
@@ -159,8 +160,21 @@ class SearchSpace:
                 _check_in(f"{at}.exits[{j}].layer", exit_.layer, self.exit_layers)
                 _check_in(f"{at}.exits[{j}].head", exit_.head, self.head_types)
 
-    def sample(self, rng: np.random.Generator) -> SubnetConfig:
-        """Draw a config: uniform branch chain, then uniform choices for everything else."""
+    def sample(
+        self, rng: np.random.Generator, mode: Literal["uniform", "search"] = "uniform"
+    ) -> SubnetConfig:
+        """Draw a config: a uniform branch chain, then choices for everything else.
+
+        Args:
+            rng: the random source.
+            mode: ``uniform`` draws a number of exits uniformly, then that many exit layers, and
+                refines a refinable branch half the time; ``search`` draws as the search's
+                random trials do (:func:`exitnas.search.space.suggest` with a random sampler):
+                a uniform last exit layer, each earlier layer an exit with probability 1/2, and
+                a uniform choice among no refinement and every refine fraction.
+        """
+        if mode == "search":
+            return self._sample_as_search(rng)
         chain = self.branch_chains[rng.integers(len(self.branch_chains))]
         branches: list[BranchConfig] = []
         for i, (resolution, patch_size) in enumerate(chain):
@@ -176,6 +190,41 @@ class SearchSpace:
         # a single branch reuses nothing: do not draw (two names for one network)
         reuse = bool(rng.choice(self.reuse)) if len(branches) > 1 else self.reuse[0]
         return SubnetConfig(tuple(branches), reuse=reuse)
+
+    def _sample_as_search(self, rng: np.random.Generator) -> SubnetConfig:
+        chain = self.branch_chains[rng.integers(len(self.branch_chains))]
+        branches: list[BranchConfig] = []
+        for i, (resolution, patch_size) in enumerate(chain):
+            keep = float(rng.choice(self.keep_rates))
+            refine = None
+            if (
+                i > 0
+                and self.refine_fractions
+                and (resolution // patch_size) % branches[-1].grid == 0
+            ):
+                choice = int(rng.integers(len(self.refine_fractions) + 1))
+                refine = None if choice == 0 else float(self.refine_fractions[choice - 1])
+            last = int(rng.choice(self.exit_layers))
+            layers = [x for x in self.exit_layers if x < last and rng.random() < 0.5] + [last]
+            exits = tuple(ExitConfig(int(x), str(rng.choice(self.head_types))) for x in layers)
+            branches.append(BranchConfig(resolution, patch_size, exits, keep, refine))
+        reuse = bool(rng.choice(self.reuse)) if len(branches) > 1 else self.reuse[0]
+        return SubnetConfig(tuple(branches), reuse=reuse)
+
+    def standalone(self, head: str | None = None) -> SubnetConfig:
+        """The plain ViT inside the space: one branch on the finest grid (the largest resolution
+        first), full depth, an exit at every exit layer, no token dropping.
+
+        Its last exit is the architecture a standalone ViT of the backbone's dims would have.
+
+        Args:
+            head: head type of every exit; the space's first head type by default.
+        """
+        head = head or self.head_types[0]
+        resolution, patch_size = max(self.branch_options, key=lambda rp: (rp[0] // rp[1], rp[0]))
+        exits = tuple(ExitConfig(layer, head) for layer in self.exit_layers)
+        branch = BranchConfig(resolution, patch_size, exits, max(self.keep_rates))
+        return SubnetConfig((branch,), reuse=self.reuse[0])
 
     def largest(self, head: str | None = None) -> SubnetConfig:
         """The sandwich rule's largest config (the distillation teacher).

@@ -6,9 +6,10 @@ import hashlib
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -40,6 +41,10 @@ class DataConfig:
             raise ConfigError(f"val_fraction: {self.val_fraction} must be in (0, 1)")
 
 
+SandwichPath = Literal["standalone", "largest", "smallest"]
+SANDWICH_PATHS: tuple[str, ...] = typing.get_args(SandwichPath)
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """How the supernet is trained once (sandwich rule with in-place distillation)."""
@@ -50,11 +55,29 @@ class TrainingConfig:
     min_lr: float = 1e-5  # end of the cosine schedule
     warmup_epochs: float = 1.0  # linear warm-up, in epochs (stepped per update)
     weight_decay: float = 0.05
-    label_smoothing: float = 0.1  # for the largest sub-network's hard-label loss
-    # sandwich rule: largest + smallest + this many random sub-networks (at least 1: the random
-    # ones are what train every head type, coarse-to-fine branches and unreused branches)
-    random_subnets: int = 2
+    label_smoothing: float = 0.1  # for the hard-label losses
+    # -- the recipe (exitnas.supernet.recipe; benchmarks/recipe_ladder.py measures each part) --
+    # sub-networks trained every step besides the random ones: `standalone` (one branch on the
+    # finest grid at full depth, an exit at every exit layer), `largest` (the longest cascade of
+    # the largest grids), `smallest` (the cheapest config)
+    sandwich: tuple[SandwichPath, ...] = ("standalone", "largest", "smallest")
+    teacher: SandwichPath = "standalone"  # learns from labels alone; the others distil from it
+    random_subnets: int = 2  # random sub-networks per step, drawn as `sampling` says
+    sampling: Literal["search", "uniform"] = "search"  # search: as the search's random trials
+    # how the exits of one sub-network share its loss: equal (mean), depth (exit i of n weighs
+    # i/n, PABEE), last (only the last exit)
+    exit_weights: Literal["equal", "depth", "last"] = "depth"
+    # joint: a sub-network's heads train through the backbone; detached: only each sub-network's
+    # last exit trains the backbone, and every head type at every exit layer it passes trains
+    # on detached features (LGViT, DeeBERT)
+    head_training: Literal["joint", "detached"] = "detached"
+    # students' loss: (1 - kd_ratio) x labels + kd_ratio x teacher (OFA's kd_ratio). 0 by default:
+    # on the recipe ladder, distilling from the co-trained teacher cost the students accuracy
+    # (benchmarks/RESULTS.md, "The training recipe")
+    kd_ratio: float = 0.0
+    distill_start_epochs: float = 1.0  # students learn from labels alone before this epoch
     distill_temperature: float = 1.0  # in-place distillation temperature
+    keep_warmup_epochs: float = 1.0  # keep rates fall linearly from 1.0 over these epochs (EViT)
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (off for digits, on for natural images)
     checkpoint_every: int = 100  # steps between checkpoints (also written at every epoch end)
@@ -62,10 +85,30 @@ class TrainingConfig:
     device: str = "cpu"  # torch device, e.g. cpu or cuda
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every", "random_subnets"):
+        for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
-        for name in ("min_lr", "warmup_epochs", "weight_decay"):
+        if self.random_subnets < 0:
+            raise ConfigError(f"random_subnets: {self.random_subnets} must not be negative")
+        for path in self.sandwich:
+            if path not in SANDWICH_PATHS:
+                raise ConfigError(f"sandwich: {path!r} is not allowed; allowed: {SANDWICH_PATHS}")
+        if len(set(self.sandwich)) != len(self.sandwich):
+            raise ConfigError(f"sandwich: duplicate values in {list(self.sandwich)}")
+        if self.teacher not in self.sandwich:
+            raise ConfigError(
+                f"teacher: {self.teacher!r} is not trained every step; allowed: the sandwich "
+                f"{list(self.sandwich)}"
+            )
+        if not 0.0 <= self.kd_ratio <= 1.0:
+            raise ConfigError(f"kd_ratio: {self.kd_ratio} must be in [0, 1]")
+        for name in (
+            "min_lr",
+            "warmup_epochs",
+            "weight_decay",
+            "distill_start_epochs",
+            "keep_warmup_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)} must not be negative")
         if self.min_lr > self.lr:

@@ -196,6 +196,18 @@ class CascadeRunner(nn.Module):
 
     def run_stage(self, stage: Stage, state: CascadeState) -> CascadeState:
         """Run one stage on ``state`` and return the next state (its ``logits`` set)."""
+        state = self.advance(stage, state)
+        grid = self.run_config().branches[stage.branch].grid
+        logits = self.head(stage.branch, stage.exit)(state.tokens, state.cell_index, grid)
+        if state.prior is not None:
+            logits = logits + state.prior
+        return replace(state, logits=logits)
+
+    def advance(self, stage: Stage, state: CascadeState) -> CascadeState:
+        """Run the backbone part of one stage: the state at the stage's exit, before its head.
+
+        ``logits`` still holds the previous stage's (a new branch reuses them).
+        """
         config = self.run_config()
         branch = config.branches[stage.branch]
         if stage.start == 0:
@@ -216,10 +228,7 @@ class CascadeRunner(nn.Module):
                 cell_attn = cells_attention(cls_attn, cell_index)
             if remap is not None:
                 cell_index = remap.gather(1, cell_index)
-        logits = self.head(stage.branch, stage.exit)(x, cell_index, branch.grid)
-        if state.prior is not None:
-            logits = logits + state.prior
-        return replace(state, tokens=x, cell_index=cell_index, cell_attn=cell_attn, logits=logits)
+        return replace(state, tokens=x, cell_index=cell_index, cell_attn=cell_attn)
 
     def _open_branch(self, b: int, state: CascadeState) -> CascadeState:
         """Embed branch ``b``'s tokens; ``state`` holds branch ``b - 1``'s outputs if b > 0."""

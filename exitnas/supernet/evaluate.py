@@ -46,7 +46,7 @@ def predict_exits(
         chunks.append(torch.stack(model(batch)).float().cpu())  # (E, B, K)
     model.train(was_training)
     if isinstance(model, SuperViT):
-        model.set_active(previous)
+        model.set_active(previous, check=False)  # training may leave a warm-up config
     return torch.cat(chunks, dim=1).numpy()
 
 

@@ -110,9 +110,16 @@ class SuperViT(CascadeRunner):
 
     # -- the four verbs ---------------------------------------------------------------------
 
-    def set_active(self, config: SubnetConfig) -> None:
-        """Make ``config`` the sub-network that :meth:`forward` runs (checked against the space)."""
-        self.space.check(config)
+    def set_active(self, config: SubnetConfig, *, check: bool = True) -> None:
+        """Make ``config`` the sub-network that :meth:`forward` runs.
+
+        Args:
+            config: the sub-network; checked against the space unless ``check`` is false.
+            check: training sets configs outside the space on purpose (keep rates warming up
+                from 1.0, exits at every candidate layer).
+        """
+        if check:
+            self.space.check(config)
         self._active = config
 
     def sample_active(self, rng: np.random.Generator) -> SubnetConfig:

@@ -1,7 +1,7 @@
 """Training the supernet once: the sandwich rule with in-place distillation.
 
-Every step trains the largest sub-network on the labels, then the smallest and
-``random_subnets`` random ones on the largest one's soft predictions (once-for-all, SuperViT),
+Every step trains the sandwich of :mod:`exitnas.supernet.recipe` (the teacher on the labels,
+the other fixed and random sub-networks on labels and the teacher's soft predictions),
 accumulating gradients before one AdamW update (timm's optimiser factory and cosine schedule).
 All randomness of a step (its images, augmentation, sub-networks and stochastic depth) derives
 from ``(seed, step)``, so a run resumed from any checkpoint continues exactly as if it had
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 import exitnas
 from exitnas.data import DataSplits
 from exitnas.errors import CheckpointError, ConfigError
-from exitnas.spaces import StudyConfig, SubnetConfig, TrainingConfig
+from exitnas.spaces import StudyConfig, TrainingConfig
 from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
 from exitnas.supernet.checkpoint import (
     atomic_write,
@@ -41,6 +40,8 @@ from exitnas.supernet.checkpoint import (
 )
 from exitnas.supernet.distributed import Ranks, average_gradients
 from exitnas.supernet.evaluate import exit_accuracies, predict_exits
+from exitnas.supernet.pretrained import load_vit_init
+from exitnas.supernet.recipe import sandwich_backward, sandwich_paths
 from exitnas.supernet.supervit import SuperViT
 
 __all__ = [
@@ -77,6 +78,8 @@ class TrainSummary:
     final_loss: float  # loss of the last step, summed over the sandwich
     val_accuracy_largest: float  # largest sub-network's last exit on the validation split
     val_accuracy_smallest: float  # smallest sub-network's exit on the validation split
+    # the standalone configuration's last exit (the plain ViT inside the space); older runs: nan
+    val_accuracy_standalone: float = float("nan")
 
 
 def build_supernet(study: StudyConfig) -> SuperViT:
@@ -94,6 +97,7 @@ def train_supernet(
     progress: bool = True,
     stop_at_step: int | None = None,
     ranks: Ranks | None = None,
+    init: str | Path | None = None,
 ) -> TrainSummary:
     """Train ``study``'s supernet into ``out_dir``, resuming from its checkpoint if present.
 
@@ -108,15 +112,21 @@ def train_supernet(
         stop_at_step: stop (as if interrupted) once this many steps are done.
         ranks: this process's rank among several training processes
             (:func:`~exitnas.supernet.distributed.init_distributed`); alone by default.
+        init: a pretrained timm ViT (safetensors or torch file) of the backbone's dims to start
+            from (:func:`~exitnas.supernet.pretrained.init_from_vit`); read and checked before
+            anything is written, applied only to a fresh run (a resumed run keeps its
+            checkpoint). Its path and sha256 go into ``supernet.json``.
 
     Raises:
-        CheckpointError: ``out_dir`` holds a run of a different study, or a corrupt checkpoint.
+        CheckpointError: ``out_dir`` holds a run of a different study, or a corrupt checkpoint;
+            ``init`` is missing, unreadable, or of other dims.
         TrainingInterrupted: stopped by a signal or ``stop_at_step``; run again to resume.
     """
     out = Path(out_dir)
     ranks = ranks or Ranks()
     check_target(study, out)
     _check_data(study, data)
+    vit = load_vit_init(init, study.space) if init is not None else None
     done = _finished_summary(out, study)
     if done is not None:
         return done
@@ -125,17 +135,21 @@ def train_supernet(
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
     model = build_supernet(study).to(device)
+    ckpt = out / CHECKPOINT
+    init_record = None
+    if vit is not None and not ckpt.exists():  # a resumed run keeps its checkpoint's weights
+        init_record = {**vit.record(), "report": vit.apply(model)}
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     optimizer, scheduler = create_optimizer(model, cfg, steps_per_epoch)
     start, seconds = 0, 0.0
-    ckpt = out / CHECKPOINT
     if ckpt.exists():
         tensors, meta = load_weights(ckpt)
         if meta.get("study_key") != study.key():
             raise CheckpointError(_other_study(ckpt, meta))
         restore_checkpoint(ckpt, tensors, meta, model, optimizer)
         start, seconds = int(meta["step"]), float(meta["seconds"])
+        init_record = meta.get("init")
     out.mkdir(parents=True, exist_ok=True)
     if ranks.main:
         remove_stale_temporaries(out)
@@ -143,12 +157,11 @@ def train_supernet(
     def save(step: int, elapsed: float) -> None:
         if not ranks.main:
             return
-        _write_description(out, study, model, {"complete": False, "step": step, "steps": total})
-        meta = {"step": step, "seconds": elapsed, "study_key": study.key()}
+        training = {"complete": False, "step": step, "steps": total, "init": init_record}
+        _write_description(out, study, model, training)
+        meta = {"step": step, "seconds": elapsed, "study_key": study.key(), "init": init_record}
         save_checkpoint(ckpt, model, optimizer, {**meta, "study": study.to_dict()})
 
-    hard = LabelSmoothingCrossEntropy(cfg.label_smoothing)
-    largest, smallest = study.space.largest(), study.space.smallest()
     model.train()
     bar = tqdm(
         total=total,
@@ -174,15 +187,13 @@ def train_supernet(
                     labels[ranks.rank :: ranks.world],
                 )
             rng = np.random.default_rng(step_seed(study.seed, step, 1))
-            configs = [largest, smallest]
-            configs += [study.space.sample(rng) for _ in range(cfg.random_subnets)]
+            at_epoch = step / steps_per_epoch  # training progress in epochs
+            paths = sandwich_paths(study.space, cfg, rng, at_epoch)
             scheduler.step_update(step)
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(step_seed(study.seed, step, 2))  # stochastic depth
-                loss_value = _sandwich_backward(
-                    model, images, labels, configs, hard, cfg.distill_temperature
-                )
+                loss_value = sandwich_backward(model, images, labels, paths, cfg, at_epoch)
             if ranks.world > 1:
                 average_gradients(model, share)
             optimizer.step()
@@ -213,7 +224,7 @@ def train_supernet(
         exit_accuracies(
             predict_exits(model, data.val.images, data.mean, data.std, config=c), data.val.labels
         )[-1]
-        for c in (largest, smallest)
+        for c in (study.space.largest(), study.space.smallest(), study.space.standalone())
     ]
     summary = TrainSummary(
         steps=total,
@@ -223,10 +234,12 @@ def train_supernet(
         final_loss=round(loss_value, 4),
         val_accuracy_largest=accs[0],
         val_accuracy_smallest=accs[1],
+        val_accuracy_standalone=accs[2],
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_weights(out / WEIGHTS, state, {"study_key": study.key(), "format": 1})
-    _write_description(out, study, model, {"complete": True, **asdict(summary)})
+    training = {"complete": True, **asdict(summary), "init": init_record}
+    _write_description(out, study, model, training)
     ckpt.unlink(missing_ok=True)
     ranks.barrier()
     return summary
@@ -260,36 +273,6 @@ def training_batch(
     generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
     images = augment(data.train.images[rows], generator, cfg.crop_padding, cfg.hflip)
     return normalize(images.to(device), data.mean, data.std), data.train.labels[rows].to(device)
-
-
-def _sandwich_backward(
-    model: SuperViT,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    configs: list[SubnetConfig],
-    hard: torch.nn.Module,
-    temperature: float,
-) -> float:
-    """Accumulate the gradients of one sandwich step; return the summed loss.
-
-    ``configs[0]`` (the largest sub-network) learns from the labels; every other one learns
-    from its last exit's softened prediction (in-place distillation). Every exit counts equally.
-    """
-    soft = SoftTargetCrossEntropy()
-    total = 0.0
-    teacher = None
-    for config in configs:
-        model.set_active(config)
-        outputs = model(images)
-        if teacher is None:
-            losses = [hard(o, labels) for o in outputs]
-            teacher = (outputs[-1].detach() / temperature).softmax(dim=-1)
-        else:
-            losses = [soft(o / temperature, teacher) * temperature**2 for o in outputs]
-        loss = torch.stack(losses).mean()
-        loss.backward()
-        total += loss.item()
-    return total
 
 
 def check_target(study: StudyConfig, out: Path) -> None:

@@ -154,7 +154,11 @@ def test_unknown_key_names_the_allowed_keys(tmp_path: Path) -> None:
         (lambda d: d.update(seed=-1), r"study.seed: -1 must not be negative"),
         (lambda d: d["training"].update(device="gpu"), r"training.device: 'gpu' is not a torch"),
         (lambda d: d["training"].update(min_lr=1.0), r"training.min_lr: 1.0 must not exceed"),
-        (lambda d: d["training"].update(random_subnets=0), r"random_subnets: 0 must be at least"),
+        (lambda d: d["training"].update(random_subnets=-1), r"random_subnets: -1 must not be"),
+        (lambda d: d["training"].update(sandwich=["huge"]), r"training.sandwich\[0\]: 'huge'"),
+        (lambda d: d["training"].update(sandwich=["largest"]), r"teacher: 'standalone' is not"),
+        (lambda d: d["training"].update(head_training="frozen"), r"head_training: 'frozen'"),
+        (lambda d: d["training"].update(kd_ratio=1.5), r"training.kd_ratio: 1.5 must be in"),
         (lambda d: d["training"].update(weight_decay=-1), r"weight_decay: -1.0 must not be neg"),
     ],
 )

@@ -56,7 +56,7 @@ def test_resume_matches_an_uninterrupted_run(study, tiny_data, tmp_path: Path, s
         train_supernet(study, tiny_data, tmp_path / "resumed", progress=False, stop_at_step=stop_at)
     assert stop.value.step == stop_at
     description = json.loads((tmp_path / "resumed" / "supernet.json").read_text())
-    assert description["training"] == {"complete": False, "step": stop_at, "steps": 8}
+    assert description["training"] == {"complete": False, "step": stop_at, "steps": 8, "init": None}
     train_supernet(study, tiny_data, tmp_path / "resumed", progress=False)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     for name in straight:
