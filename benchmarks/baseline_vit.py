@@ -27,16 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from plain_vit import plain_vit
-from timm.loss import LabelSmoothingCrossEntropy
+from plain_vit import save_plain_vit, train_plain_vit
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from exitnas.search.runner import load_validation
 from exitnas.spaces import load_study
-from exitnas.supernet.batches import epoch_order, normalize
-from exitnas.supernet.checkpoint import save_weights
-from exitnas.supernet.train import create_optimizer, training_batch
+from exitnas.supernet.batches import normalize
 
 
 def accuracy(model, images, labels, mean, std, batch: int = 500) -> float:
@@ -72,34 +68,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     study = load_study(args.study)
-    cfg, space, bb = study.training, study.space, study.space.backbone
+    cfg, space = study.training, study.space
     epochs = args.epochs or cfg.epochs
     if args.data:
         study = replace(study, data=replace(study.data, path=args.data))
-    data = study.data
     splits = load_validation(study)  # the supernet's splits: same validation images held out
-    torch.manual_seed(study.seed)
-    model = plain_vit(space, bb.drop_path_rate)
-    steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
-    total = epochs * steps_per_epoch
-    optimizer, scheduler = create_optimizer(model, replace(cfg, epochs=epochs), steps_per_epoch)
-    loss_fn = LabelSmoothingCrossEntropy(cfg.label_smoothing)
-    resize = space.max_resolution != data.image_size
-    started = time.perf_counter()
-    model.train()
-    for step in tqdm(range(total), desc="train baseline ViT", unit="step"):
-        epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(study.seed, epoch, len(splits.train))
-        rows = torch.from_numpy(order[position * cfg.batch_size : (position + 1) * cfg.batch_size])
-        x, labels = training_batch(study, splits, rows, step, torch.device("cpu"))
-        if resize:
-            x = torch.nn.functional.interpolate(x, size=space.max_resolution, mode="bilinear")
-        scheduler.step_update(step)
-        loss = loss_fn(model(x), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - started
+    model, seconds = train_plain_vit(study, splits, epochs)
+    total = epochs * math.ceil(len(splits.train) / cfg.batch_size)
     model.eval()
     shape = (space.in_chans, space.max_resolution, space.max_resolution)
     counter = FlopCounterMode(display=False)
@@ -122,13 +97,7 @@ def main() -> None:
         "threads": args.threads,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    vit = {  # read by `exitnas train --init` (num_heads is in no tensor shape)
-        "num_heads": bb.num_heads,
-        "img_size": space.max_resolution,
-        "patch_size": model.patch_embed.patch_size[0],
-        "num_classes": space.num_classes,
-    }
-    save_weights(args.out / "vit.safetensors", model.state_dict(), {"baseline": result, "vit": vit})
+    save_plain_vit(args.out / "vit.safetensors", model, space, {"baseline": result})
     (args.out / "baseline.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
@@ -16,6 +17,7 @@ from exitnas.data import DataSplits
 from exitnas.spaces import SearchSpace, StudyConfig
 from exitnas.supernet.batches import epoch_order
 from exitnas.supernet.cascade import DEFAULT_NORM_LAYER
+from exitnas.supernet.checkpoint import load_weights, save_weights
 from exitnas.supernet.train import create_optimizer, training_batch
 
 
@@ -38,15 +40,37 @@ def plain_vit(space: SearchSpace, drop_path_rate: float = 0.0) -> VisionTransfor
     )
 
 
+def save_plain_vit(
+    path: Path, model: VisionTransformer, space: SearchSpace, metadata: dict | None = None
+) -> None:
+    """Write the ViT's state dict as safetensors, a valid ``exitnas train --init`` checkpoint
+    (its dims in the metadata: ``num_heads`` is in no tensor shape)."""
+    vit = {
+        "num_heads": space.backbone.num_heads,
+        "img_size": space.max_resolution,
+        "patch_size": model.patch_embed.patch_size[0],
+        "num_classes": space.num_classes,
+    }
+    save_weights(path, model.state_dict(), {**(metadata or {}), "vit": vit})
+
+
 def train_plain_vit(
-    study: StudyConfig, splits: DataSplits, epochs: int, *, progress: bool = True
+    study: StudyConfig,
+    splits: DataSplits,
+    epochs: int,
+    *,
+    progress: bool = True,
+    init: Path | None = None,
 ) -> tuple[VisionTransformer, float]:
     """:func:`plain_vit` trained alone exactly as the supernet is: the same images in the same
-    order, augmentation, optimiser, schedule, label smoothing and seed. Returns the model (in
-    eval mode) and the training wall time in seconds."""
+    order, augmentation, optimiser, schedule, label smoothing and seed (a fresh schedule of
+    ``epochs`` from the weights in ``init`` if given). Returns the model (in eval mode) and the
+    training wall time in seconds."""
     cfg, space = study.training, study.space
     torch.manual_seed(study.seed)
     model = plain_vit(space, space.backbone.drop_path_rate)
+    if init is not None:
+        model.load_state_dict(load_weights(init)[0])
     steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
     total = epochs * steps_per_epoch
     optimizer, scheduler = create_optimizer(model, replace(cfg, epochs=epochs), steps_per_epoch)

@@ -12,7 +12,9 @@ probe sub-networks on the validation split (issue: training recipe):
 - ``e``-``j``: one recipe change each on top of ``d``;
 - ``k``: every change together; ``l``: the same with the largest cascade as the teacher;
 - ``m``-``o``: ``k`` with one more change each: no distillation (the study's defaults), no
-  largest cascade, one random sub-network.
+  largest cascade, one random sub-network;
+- ``w``: warm start: the supernet starts from rung ``a``'s ViT (``train_supernet(init=...)``)
+  and trains ``--warm-epochs`` with the defaults; ``x``: rung ``a``'s ViT trained as long alone.
 
 Probes (last exit, validation accuracy): the standalone configuration; each preset's main
 configuration (RAViT: its longest cascade, CF-ViT: coarse-to-fine, SuperViT: the finest grid at
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from plain_vit import train_plain_vit
+from plain_vit import save_plain_vit, train_plain_vit
 
 from exitnas.data import DataSplits, ImageSplit
 from exitnas.search.runner import load_validation
@@ -101,7 +103,11 @@ RUNGS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "m": ("k, students on labels alone: the defaults", {**ALL, "kd_ratio": 0.0}),
     "n": ("k without the largest cascade", {**ALL, "sandwich": ("standalone", "smallest")}),
     "o": ("k with one random sub-network", {**ALL, "random_subnets": 1}),
+    # warm start (--warm-epochs more, a fresh schedule): from rung a's ViT
+    "w": ("warm start: rung a's ViT + the defaults (supernet)", {}),
+    "x": ("rung a's ViT trained alone as long as w", None),
 }
+WARM = ("w", "x")
 
 
 def probes(space: SearchSpace) -> dict[str, SubnetConfig]:
@@ -140,7 +146,12 @@ def subset(splits: DataSplits, n: int | None, seed: int) -> DataSplits:
 
 
 def run_rung(
-    rung: str, study: StudyConfig, splits: DataSplits, out: Path, progress: bool
+    rung: str,
+    study: StudyConfig,
+    splits: DataSplits,
+    out: Path,
+    progress: bool,
+    warm_epochs: int = 2,
 ) -> dict[str, Any]:
     description, overrides = RUNGS[rung]
     folder = out / rung
@@ -148,8 +159,17 @@ def run_rung(
     if result_path.is_file():
         return json.loads(result_path.read_text())
     val = splits.val
+    init = out / "a" / "vit.safetensors" if rung in WARM else None
+    if init is not None and not init.is_file():
+        raise SystemExit(f"rung {rung} starts from rung a's ViT: run rung a first ({init})")
+    if rung in WARM:
+        study = study.with_overrides(epochs=warm_epochs)
+    folder.mkdir(parents=True, exist_ok=True)
     if overrides is None:
-        model, seconds = train_plain_vit(study, splits, study.training.epochs, progress=progress)
+        epochs = study.training.epochs
+        model, seconds = train_plain_vit(study, splits, epochs, progress=progress, init=init)
+        if rung == "a":
+            save_plain_vit(folder / "vit.safetensors", model, study.space)
         accuracy = exit_accuracies(
             _plain_logits(model, val.images, splits.mean, splits.std), val.labels
         )[0]
@@ -157,7 +177,7 @@ def run_rung(
     else:
         trained = replace(study, training=replace(study.training, **overrides))
         started = time.perf_counter()
-        summary = train_supernet(trained, splits, folder, progress=progress)
+        summary = train_supernet(trained, splits, folder, progress=progress, init=init)
         seconds = summary.seconds or time.perf_counter() - started
         model, _ = load_supernet(folder, trained)
         scores = {
@@ -176,7 +196,6 @@ def run_rung(
         "train_seconds": round(seconds, 1),
         "val_accuracy": {k: round(v, 4) for k, v in scores.items()},
     }
-    folder.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -226,6 +245,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train", type=int, help="train on this many training images only")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
+    parser.add_argument(
+        "--warm-epochs", type=int, default=2, help="epochs of the warm-start rungs w and x"
+    )
     parser.add_argument("--rungs", nargs="+", choices=sorted(RUNGS), default=sorted(RUNGS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quiet", action="store_true")
@@ -237,7 +259,7 @@ def main() -> None:
     splits = subset(load_validation(study), args.train, study.seed)
     results = []
     for rung in args.rungs:
-        results.append(run_rung(rung, study, splits, args.out, not args.quiet))
+        results.append(run_rung(rung, study, splits, args.out, not args.quiet, args.warm_epochs))
         print(json.dumps(results[-1]), flush=True)
     done = [
         json.loads(p.read_text()) for p in sorted(args.out.glob("*/ladder.json")) if p.is_file()

@@ -100,6 +100,16 @@ class TrainingConfig:
                 f"teacher: {self.teacher!r} is not trained every step; allowed: the sandwich "
                 f"{list(self.sandwich)}"
             )
+        choices = {
+            "sampling": ("search", "uniform"),
+            "exit_weights": ("equal", "depth", "last"),
+            "head_training": ("joint", "detached"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}: {getattr(self, name)!r} is not allowed; allowed: {allowed}"
+                )
         if not 0.0 <= self.kd_ratio <= 1.0:
             raise ConfigError(f"kd_ratio: {self.kd_ratio} must be in [0, 1]")
         for name in (

@@ -24,6 +24,7 @@ Within one path, ``head_training`` decides what trains the backbone:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -34,7 +35,13 @@ from exitnas.spaces import BranchConfig, ExitConfig, SearchSpace, SubnetConfig, 
 from exitnas.supernet.cascade import CascadeState, plan_stages
 from exitnas.supernet.supervit import SuperViT, head_key
 
-__all__ = ["exit_weights", "sandwich_backward", "sandwich_paths", "warm_keep_rates"]
+__all__ = [
+    "exit_weights",
+    "path_loss",
+    "sandwich_backward",
+    "sandwich_paths",
+    "warm_keep_rates",
+]
 
 
 def sandwich_paths(
@@ -121,8 +128,22 @@ def sandwich_backward(
     return total
 
 
-def path_loss(model: SuperViT, images: torch.Tensor, config: SubnetConfig, criterion, cfg):
-    """The training loss of one sub-network and its last exit's logits."""
+def path_loss(
+    model: SuperViT,
+    images: torch.Tensor,
+    config: SubnetConfig,
+    criterion: Callable[[torch.Tensor], torch.Tensor],
+    cfg: TrainingConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one sub-network and its last exit's logits.
+
+    Args:
+        model: the supernet.
+        images: the normalised batch.
+        config: the sub-network (keep rates may lie outside the space during warm-up).
+        criterion: the loss of one exit's logits (labels, or labels and teacher).
+        cfg: the training section (``head_training``, ``exit_weights``).
+    """
     space = model.space
     detached = cfg.head_training == "detached"
     weights = exit_weights(config.num_exits, cfg.exit_weights)
@@ -142,7 +163,6 @@ def path_loss(model: SuperViT, images: torch.Tensor, config: SubnetConfig, crite
         at = (stage.branch, stage.end)
         x, cells, prior = state.tokens, state.cell_index, state.prior
         assert x is not None and cells is not None
-        logits = None
         if at in own:
             joint = not detached or at == final_at
             head = model.heads[head_key(stage.branch, stage.end, own[at])]
