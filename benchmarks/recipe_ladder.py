@@ -22,9 +22,10 @@ the lowest keep rate, Multi-Exit ViT: linear heads); the smallest configuration;
 cascade. Supernet rungs train through ``train_supernet`` into ``OUT/<rung>/``, so a stopped
 ladder resumes where it stopped; a rung that finished is not trained again.
 
-    # subset mode, about an hour on 2 cores (two processes of one thread each):
-    python benchmarks/recipe_ladder.py studies/cifar10.yaml --train 8000 --epochs 4 \\
-        --out runs/ladder --threads 1 --rungs a b c d e f
+    # subset mode: rungs a-o took about 80 min on 2 cores in three processes of one thread
+    # (benchmarks/RESULTS.md, "The training recipe"); w and x need rung a first
+    python benchmarks/recipe_ladder.py studies/cifar10.yaml --train 5000 --epochs 4 \\
+        --out runs/ladder --threads 1 --rungs a k e l c b
     # the full schedule:
     python benchmarks/recipe_ladder.py studies/cifar10.yaml --out runs/ladder-full
 """
