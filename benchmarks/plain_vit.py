@@ -16,28 +16,17 @@ from tqdm.auto import tqdm
 from exitnas.data import DataSplits
 from exitnas.spaces import SearchSpace, StudyConfig
 from exitnas.supernet.batches import epoch_order
-from exitnas.supernet.cascade import DEFAULT_NORM_LAYER
 from exitnas.supernet.checkpoint import load_weights, save_weights
+from exitnas.supernet.pretrained import space_vit
 from exitnas.supernet.train import create_optimizer, training_batch
 
 
 def plain_vit(space: SearchSpace, drop_path_rate: float = 0.0) -> VisionTransformer:
     """A ``VisionTransformer`` with the backbone's dims at the space's largest resolution and
     the smallest patch size dividing it (the supernet's finest single-branch grid)."""
-    bb = space.backbone
-    return VisionTransformer(
-        img_size=space.max_resolution,
-        patch_size=min(p for p in space.patch_sizes if space.max_resolution % p == 0),
-        in_chans=space.in_chans,
-        num_classes=space.num_classes,
-        embed_dim=bb.embed_dim,
-        depth=bb.depth,
-        num_heads=bb.num_heads,
-        mlp_ratio=bb.mlp_ratio,
-        qkv_bias=bb.qkv_bias,
-        drop_path_rate=drop_path_rate,
-        norm_layer=DEFAULT_NORM_LAYER,
-    )
+    resolution = space.max_resolution
+    patch = min(p for p in space.patch_sizes if resolution % p == 0)
+    return space_vit(space, resolution, patch, drop_path_rate=drop_path_rate)
 
 
 def save_plain_vit(

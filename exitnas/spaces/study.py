@@ -42,6 +42,9 @@ class DataConfig:
 
 
 SandwichPath = Literal["standalone", "largest", "smallest"]
+Sampling = Literal["search", "uniform"]
+ExitWeights = Literal["equal", "depth", "last"]
+HeadTraining = Literal["joint", "detached"]
 SANDWICH_PATHS: tuple[str, ...] = typing.get_args(SandwichPath)
 
 
@@ -63,14 +66,14 @@ class TrainingConfig:
     sandwich: tuple[SandwichPath, ...] = ("standalone", "largest", "smallest")
     teacher: SandwichPath = "standalone"  # learns from labels alone; the others distil from it
     random_subnets: int = 2  # random sub-networks per step, drawn as `sampling` says
-    sampling: Literal["search", "uniform"] = "search"  # search: as the search's random trials
+    sampling: Sampling = "search"  # search: as the search's random trials
     # how the exits of one sub-network share its loss: equal (mean), depth (exit i of n weighs
     # i/n, PABEE), last (only the last exit)
-    exit_weights: Literal["equal", "depth", "last"] = "depth"
+    exit_weights: ExitWeights = "depth"
     # joint: a sub-network's heads train through the backbone; detached: only each sub-network's
     # last exit trains the backbone, and every head type at every exit layer it passes trains
     # on detached features (LGViT, DeeBERT)
-    head_training: Literal["joint", "detached"] = "detached"
+    head_training: HeadTraining = "detached"
     # students' loss: (1 - kd_ratio) x labels + kd_ratio x teacher (OFA's kd_ratio). 0 by default:
     # on the recipe ladder, distilling from the co-trained teacher cost the students accuracy
     # (benchmarks/RESULTS.md, "The training recipe")
@@ -100,12 +103,9 @@ class TrainingConfig:
                 f"teacher: {self.teacher!r} is not trained every step; allowed: the sandwich "
                 f"{list(self.sandwich)}"
             )
-        choices = {
-            "sampling": ("search", "uniform"),
-            "exit_weights": ("equal", "depth", "last"),
-            "head_training": ("joint", "detached"),
-        }
-        for name, allowed in choices.items():
+        choices = {"sampling": Sampling, "exit_weights": ExitWeights, "head_training": HeadTraining}
+        for name, literal in choices.items():
+            allowed = typing.get_args(literal)
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"{name}: {getattr(self, name)!r} is not allowed; allowed: {allowed}"

@@ -36,7 +36,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -58,6 +58,7 @@ __all__ = [
     "init_from_vit",
     "load_vit_init",
     "load_vit_state",
+    "space_vit",
     "vit_dims",
 ]
 
@@ -340,22 +341,41 @@ def init_from_vit(
     return report
 
 
+def space_vit(
+    space: SearchSpace, img_size: int, patch_size: int, **kwargs: Any
+) -> VisionTransformer:
+    """A timm ``VisionTransformer`` with the space's backbone dims, channels and classes.
+
+    Args:
+        space: the search space.
+        img_size: the ViT's image size.
+        patch_size: the ViT's patch size.
+        **kwargs: further ``VisionTransformer`` options (``drop_path_rate``, ...).
+    """
+    bb = space.backbone
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=space.in_chans,
+        num_classes=space.num_classes,
+        embed_dim=bb.embed_dim,
+        depth=bb.depth,
+        num_heads=bb.num_heads,
+        mlp_ratio=bb.mlp_ratio,
+        qkv_bias=bb.qkv_bias,
+        norm_layer=DEFAULT_NORM_LAYER,
+        **kwargs,
+    )
+
+
 def _reference_vit(model: SuperViT, class_pos: bool) -> VisionTransformer:
     """A timm ViT of the supernet's layout (on the meta device: only its shapes are read)."""
-    space, bb = model.space, model.space.backbone
     with torch.device("meta"):
-        return VisionTransformer(
-            img_size=model.base_grid * model.base_patch,
-            patch_size=model.base_patch,
-            in_chans=space.in_chans,
-            num_classes=space.num_classes,
-            embed_dim=bb.embed_dim,
-            depth=bb.depth,
-            num_heads=bb.num_heads,
-            mlp_ratio=bb.mlp_ratio,
-            qkv_bias=bb.qkv_bias,
+        return space_vit(
+            model.space,
+            model.base_grid * model.base_patch,
+            model.base_patch,
             no_embed_class=not class_pos,
-            norm_layer=DEFAULT_NORM_LAYER,
         )
 
 

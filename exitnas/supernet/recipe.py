@@ -179,14 +179,18 @@ def path_loss(
             state = replace(state, logits=logits)
             last = logits
         if detached and stage.end in space.exit_layers:
-            others = [h for h in space.head_types if not (at == final_at and h == own[at])]
             head_losses = []
-            for name in others:
-                out = model.heads[head_key(stage.branch, stage.end, name)](
-                    x.detach(), cells, branch.grid
-                )
-                if prior is not None:
-                    out = out + prior.detach()
+            for name in space.head_types:
+                if at in own and name == own[at]:
+                    if at == final_at:
+                        continue  # trained jointly above
+                    out = logits  # this exit's own head, already run on detached features
+                else:
+                    out = model.heads[head_key(stage.branch, stage.end, name)](
+                        x.detach(), cells, branch.grid
+                    )
+                    if prior is not None:
+                        out = out + prior.detach()
                 head_losses.append(criterion(out))
             if head_losses:
                 losses.append(torch.stack(head_losses).mean())

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,8 +34,14 @@ from exitnas.supernet.evaluate import exit_accuracies, predict_exits
 
 
 def tiny_vit(
-    img: int, patch: int, embed_dim: int = 32, depth: int = 4, num_classes: int = 10
+    img: int,
+    patch: int,
+    embed_dim: int = 32,
+    depth: int = 4,
+    num_classes: int = 10,
+    **kwargs: Any,
 ) -> VisionTransformer:
+    """A timm ViT of the tiny space's dims (other timm options as keywords)."""
     return VisionTransformer(
         img_size=img,
         patch_size=patch,
@@ -45,6 +52,7 @@ def tiny_vit(
         num_heads=2,
         mlp_ratio=2.0,
         norm_layer=DEFAULT_NORM_LAYER,
+        **kwargs,
     )
 
 
@@ -157,16 +165,8 @@ def test_torch_files_load_like_safetensors(trained_vit, study: StudyConfig, tmp_
 def test_vit_variants_map_exactly(variant, study: StudyConfig, images: torch.Tensor) -> None:
     torch.manual_seed(2)
     kwargs = {"img_size": 16, "patch_size": 2, **variant}
-    vit = VisionTransformer(
-        in_chans=1,
-        num_classes=10,
-        embed_dim=32,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=2.0,
-        norm_layer=DEFAULT_NORM_LAYER,
-        **kwargs,
-    ).eval()
+    options = {k: v for k, v in kwargs.items() if k not in ("img_size", "patch_size")}
+    vit = tiny_vit(kwargs["img_size"], kwargs["patch_size"], **options).eval()
     with torch.no_grad():  # make position, class token and layer scale matter
         vit.pos_embed.normal_(std=0.5)
         vit.cls_token.normal_(std=0.5)
@@ -181,18 +181,7 @@ def test_vit_variants_map_exactly(variant, study: StudyConfig, images: torch.Ten
 
 
 def test_register_tokens_are_refused(study: StudyConfig) -> None:
-    vit = VisionTransformer(
-        img_size=16,
-        patch_size=2,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=32,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=2.0,
-        reg_tokens=2,
-        norm_layer=DEFAULT_NORM_LAYER,
-    )
+    vit = tiny_vit(16, 2, reg_tokens=2)
     with pytest.raises(CheckpointError, match="no place in the supernet for register tokens"):
         init_from_vit(build_supernet(study), vit.state_dict())
 
