@@ -43,6 +43,13 @@ def save_plain_vit(
     save_weights(path, model.state_dict(), {**(metadata or {}), "vit": vit})
 
 
+def load_plain_vit(path: Path, space: SearchSpace) -> VisionTransformer:
+    """A ViT written by :func:`save_plain_vit`, in eval mode."""
+    model = plain_vit(space)
+    model.load_state_dict(load_weights(path)[0])
+    return model.eval()
+
+
 def train_plain_vit(
     study: StudyConfig,
     splits: DataSplits,

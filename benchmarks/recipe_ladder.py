@@ -13,6 +13,7 @@ probe sub-networks on the validation split (issue: training recipe):
 - ``k``: every change together; ``l``: the same with the largest cascade as the teacher;
 - ``m``-``o``: ``k`` with one more change each: no distillation (the study's defaults), no
   largest cascade, one random sub-network;
+- ``p``: ``m`` with the standalone path trained alone for the first half of the epochs;
 - ``w``: warm start: the supernet starts from rung ``a``'s ViT (``train_supernet(init=...)``)
   and trains ``--warm-epochs`` with the defaults; ``x``: rung ``a``'s ViT trained as long alone.
 
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from plain_vit import save_plain_vit, train_plain_vit
+from plain_vit import load_plain_vit, save_plain_vit, train_plain_vit
 
 from exitnas.data import DataSplits, ImageSplit
 from exitnas.search.runner import load_validation
@@ -104,6 +105,12 @@ RUNGS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "m": ("k, students on labels alone: the defaults", {**ALL, "kd_ratio": 0.0}),
     "n": ("k without the largest cascade", {**ALL, "sandwich": ("standalone", "smallest")}),
     "o": ("k with one random sub-network", {**ALL, "random_subnets": 1}),
+    # the defaults, the standalone path trained alone for the first part of the epochs
+    # (`standalone_share`: that part, as a share of the rung's epochs)
+    "p": (
+        "m, the first half of the epochs the standalone path alone",
+        {**ALL, "kd_ratio": 0.0, "standalone_share": 0.5},
+    ),
     # warm start (--warm-epochs more, a fresh schedule): from rung a's ViT
     "w": ("warm start: rung a's ViT + the defaults (supernet)", {}),
     "x": ("rung a's ViT trained alone as long as w", None),
@@ -153,13 +160,20 @@ def run_rung(
     out: Path,
     progress: bool,
     warm_epochs: int = 2,
+    test: bool = False,
 ) -> dict[str, Any]:
+    """Train one rung into ``out/<rung>`` (or read its finished result) and score its probes.
+
+    Scores are validation accuracies; with ``test`` also test accuracies (reports only).
+    """
     description, overrides = RUNGS[rung]
     folder = out / rung
     result_path = folder / "ladder.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
-    val = splits.val
+        done = json.loads(result_path.read_text())
+        if not test or "test_accuracy" in done:
+            return done
+    splits_scored = {"val": splits.val, **({"test": splits.test} if test else {})}
     init = out / "a" / "vit.safetensors" if rung in WARM else None
     if init is not None and not init.is_file():
         raise SystemExit(f"rung {rung} starts from rung a's ViT: run rung a first ({init})")
@@ -168,25 +182,39 @@ def run_rung(
     folder.mkdir(parents=True, exist_ok=True)
     if overrides is None:
         epochs = study.training.epochs
-        model, seconds = train_plain_vit(study, splits, epochs, progress=progress, init=init)
-        if rung == "a":
-            save_plain_vit(folder / "vit.safetensors", model, study.space)
-        accuracy = exit_accuracies(
-            _plain_logits(model, val.images, splits.mean, splits.std), val.labels
-        )[0]
-        scores = {"standalone": accuracy}
+        saved = folder / "vit.safetensors"
+        if result_path.is_file() and saved.is_file():  # finished before: score it again
+            model, seconds = load_plain_vit(saved, study.space), done["train_seconds"]
+        else:
+            model, seconds = train_plain_vit(study, splits, epochs, progress=progress, init=init)
+            save_plain_vit(saved, model, study.space)
+        scores = {
+            split: {
+                "standalone": exit_accuracies(
+                    _plain_logits(model, data.images, splits.mean, splits.std), data.labels
+                )[0]
+            }
+            for split, data in splits_scored.items()
+        }
     else:
-        trained = replace(study, training=replace(study.training, **overrides))
+        settings = dict(overrides)
+        if "standalone_share" in settings:
+            share = settings.pop("standalone_share")
+            settings["standalone_epochs"] = share * study.training.epochs
+        trained = replace(study, training=replace(study.training, **settings))
         started = time.perf_counter()
         summary = train_supernet(trained, splits, folder, progress=progress, init=init)
         seconds = summary.seconds or time.perf_counter() - started
         model, _ = load_supernet(folder, trained)
         scores = {
-            name: exit_accuracies(
-                predict_exits(model, val.images, splits.mean, splits.std, config=config),
-                val.labels,
-            )[-1]
-            for name, config in probes(study.space).items()
+            split: {
+                name: exit_accuracies(
+                    predict_exits(model, data.images, splits.mean, splits.std, config=config),
+                    data.labels,
+                )[-1]
+                for name, config in probes(study.space).items()
+            }
+            for split, data in splits_scored.items()
         }
     result = {
         "rung": rung,
@@ -195,7 +223,10 @@ def run_rung(
         "train_images": len(splits.train),
         "epochs": study.training.epochs,
         "train_seconds": round(seconds, 1),
-        "val_accuracy": {k: round(v, 4) for k, v in scores.items()},
+        **{
+            f"{split}_accuracy": {k: round(v, 4) for k, v in found.items()}
+            for split, found in scores.items()
+        },
     }
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -211,8 +242,8 @@ def _plain_logits(model, images, mean, std, batch: int = 500) -> np.ndarray:
     return torch.cat(chunks)[None].numpy()
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """The ladder as a markdown table (validation accuracy of each probe's last exit).
+def table(results: list[dict[str, Any]], split: str = "val") -> str:
+    """The ladder as a markdown table (``split`` accuracy of each probe's last exit).
 
     Rungs are described as this script defines them; a rung trained with other settings than
     it now names is marked.
@@ -223,10 +254,13 @@ def table(results: list[dict[str, Any]]) -> str:
         "|---|---|---:|" + "---:|" * len(names),
     ]
     for r in results:
+        if f"{split}_accuracy" not in r:
+            continue
         description, overrides = RUNGS.get(r["rung"], (r["description"], r["overrides"]))
         if _plain(overrides) != _plain(r["overrides"]):
             description += " (trained with other settings: see its ladder.json)"
-        cells = [f"{r['val_accuracy'][n]:.4f}" if n in r["val_accuracy"] else "" for n in names]
+        scores = r[f"{split}_accuracy"]
+        cells = [f"{scores[n]:.4f}" if n in scores else "" for n in names]
         lines.append(
             f"| {r['rung']} | {description} | {r['train_seconds']:.0f} | "
             + " | ".join(cells)
@@ -251,6 +285,9 @@ def main() -> None:
     )
     parser.add_argument("--rungs", nargs="+", choices=sorted(RUNGS), default=sorted(RUNGS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--test", action="store_true", help="also score every probe on the test split (reports)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -260,12 +297,16 @@ def main() -> None:
     splits = subset(load_validation(study), args.train, study.seed)
     results = []
     for rung in args.rungs:
-        results.append(run_rung(rung, study, splits, args.out, not args.quiet, args.warm_epochs))
+        results.append(
+            run_rung(rung, study, splits, args.out, not args.quiet, args.warm_epochs, args.test)
+        )
         print(json.dumps(results[-1]), flush=True)
     done = [
         json.loads(p.read_text()) for p in sorted(args.out.glob("*/ladder.json")) if p.is_file()
     ]
-    text = table(done)
+    text = "Validation accuracy\n\n" + table(done)
+    if any("test_accuracy" in r for r in done):
+        text += "\n\nTest accuracy\n\n" + table(done, "test")
     (args.out / "ladder.md").write_text(text + "\n")
     print(text)
 

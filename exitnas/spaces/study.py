@@ -64,6 +64,9 @@ class TrainingConfig:
     # finest grid at full depth, an exit at every exit layer), `largest` (the longest cascade of
     # the largest grids), `smallest` (the cheapest config)
     sandwich: tuple[SandwichPath, ...] = ("standalone", "largest", "smallest")
+    # the first epochs train the standalone path alone, the sandwich after (once-for-all trains
+    # the full network before shrinking it); the keep-rate warm-up starts with the sandwich
+    standalone_epochs: float = 0.0
     teacher: SandwichPath = "standalone"  # learns from labels alone; the others distil from it
     random_subnets: int = 2  # random sub-networks per step, drawn as `sampling` says
     sampling: Sampling = "search"  # search: as the search's random trials
@@ -91,6 +94,11 @@ class TrainingConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        if self.standalone_epochs >= self.epochs:
+            raise ConfigError(
+                f"standalone_epochs: {self.standalone_epochs} leaves no epoch for the sandwich; "
+                f"allowed: less than epochs ({self.epochs})"
+            )
         if self.random_subnets < 0:
             raise ConfigError(f"random_subnets: {self.random_subnets} must not be negative")
         for path in self.sandwich:
@@ -118,6 +126,7 @@ class TrainingConfig:
             "weight_decay",
             "distill_start_epochs",
             "keep_warmup_epochs",
+            "standalone_epochs",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)} must not be negative")

@@ -8,10 +8,13 @@ before one optimiser update (once-for-all, BigNAS, SuperViT):
 - ``training.random_subnets`` random sub-networks, drawn as the search draws them
   (``sampling: search``) or uniformly over exit counts (``uniform``).
 
+For its first ``standalone_epochs`` a step trains the standalone path alone (once-for-all trains
+the full network before it shrinks it; a warm start in one run).
+
 The teacher learns from the labels. Every other path learns from
 ``(1 - kd_ratio) x labels + kd_ratio x teacher`` once ``distill_start_epochs`` have passed, and
 from the labels alone before (the teacher is not worth copying yet). Keep rates fall from 1.0
-to their target over ``keep_warmup_epochs`` (EViT).
+to their target over the ``keep_warmup_epochs`` after the sandwich starts (EViT).
 
 Within one path, ``head_training`` decides what trains the backbone:
 
@@ -53,8 +56,11 @@ def sandwich_paths(
         space: the search space.
         cfg: the training section.
         rng: draws the random sub-networks (seeded by the step).
-        epoch: training progress in epochs (fractional), for the keep-rate warm-up.
+        epoch: training progress in epochs (fractional), for the standalone phase and the
+            keep-rate warm-up.
     """
+    if epoch < cfg.standalone_epochs:
+        return [("standalone", space.standalone())]
     fixed = {
         "standalone": space.standalone,
         "largest": space.largest,
@@ -63,7 +69,8 @@ def sandwich_paths(
     order = [cfg.teacher, *(name for name in cfg.sandwich if name != cfg.teacher)]
     paths: list[tuple[str, SubnetConfig]] = [(name, fixed[name]()) for name in order]
     paths += [("random", space.sample(rng, cfg.sampling)) for _ in range(cfg.random_subnets)]
-    return [(name, warm_keep_rates(c, epoch, cfg.keep_warmup_epochs)) for name, c in paths]
+    since = epoch - cfg.standalone_epochs
+    return [(name, warm_keep_rates(c, since, cfg.keep_warmup_epochs)) for name, c in paths]
 
 
 def warm_keep_rates(config: SubnetConfig, epoch: float, warmup_epochs: float) -> SubnetConfig:

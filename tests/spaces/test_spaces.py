@@ -159,6 +159,10 @@ def test_unknown_key_names_the_allowed_keys(tmp_path: Path) -> None:
         (lambda d: d["training"].update(sandwich=["largest"]), r"teacher: 'standalone' is not"),
         (lambda d: d["training"].update(head_training="frozen"), r"head_training: 'frozen'"),
         (lambda d: d["training"].update(kd_ratio=1.5), r"training.kd_ratio: 1.5 must be in"),
+        (
+            lambda d: d["training"].update(epochs=2, standalone_epochs=2),
+            r"standalone_epochs: 2.0 leaves no epoch for the sandwich; allowed: less than epochs",
+        ),
         (lambda d: d["training"].update(weight_decay=-1), r"weight_decay: -1.0 must not be neg"),
     ],
 )

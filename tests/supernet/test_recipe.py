@@ -162,6 +162,15 @@ def test_keep_rates_warm_up_from_one(space) -> None:
     assert paths["smallest"].branches[0].keep_rate == pytest.approx(0.875)
 
 
+def test_the_standalone_phase_trains_one_path_and_delays_the_keep_warm_up(space) -> None:
+    cfg = TrainingConfig(epochs=4, standalone_epochs=1.5, keep_warmup_epochs=2.0)
+    rng = np.random.default_rng(0)
+    assert sandwich_paths(space, cfg, rng, epoch=1.4) == [("standalone", space.standalone())]
+    paths = sandwich_paths(space, cfg, rng, epoch=2.5)  # one epoch into the sandwich
+    assert [name for name, _ in paths] == ["standalone", "largest", "smallest", "random", "random"]
+    assert dict(paths)["smallest"].branches[0].keep_rate == pytest.approx(0.75)
+
+
 def test_sampling_as_the_search_draws_the_last_exit_uniformly(space) -> None:
     rng = np.random.default_rng(0)
     drawn = [space.sample(rng, "search") for _ in range(3000)]
