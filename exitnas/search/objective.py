@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import torch
 
+from exitnas.faults import kill_point
 from exitnas.search.rules import ExitOutcome, ExitRule, ExitTable
 from exitnas.search.space import suggest
 from exitnas.search.store import CachedEvaluation, EvaluationStore
@@ -85,8 +86,10 @@ class ArchitectureEvaluator:
         logits = predict_exits(self.model, self.images, self.mean, self.std, config=config)
         seconds = time.perf_counter() - start
         self.miss_seconds += seconds
+        kill_point("evaluated-not-cached")
         entry = CachedEvaluation(config.key(), self.weights_hash, config.to_json(), logits, seconds)
         self.store.put(entry)
+        kill_point("cache-row-written")
         return logits, False
 
     def table(self, config: SubnetConfig) -> tuple[ExitTable, bool]:

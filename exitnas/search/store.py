@@ -28,6 +28,7 @@ from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
 from exitnas.errors import ExitnasError
+from exitnas.faults import kill_point
 
 if TYPE_CHECKING:  # exitnas.policies imports exitnas.search: import it where it is used
     from exitnas.policies.profile import DeviceProfile
@@ -329,6 +330,7 @@ class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
                         raise exists
                     conn.execute(_profiles.delete().where(*key))
                 conn.execute(_profiles.insert().values(**values))
+                kill_point("profile-write")  # a kill here rolls back: the old profile stays
         except sa.exc.IntegrityError:
             raise exists from None  # another process stored the same device in between
 
@@ -375,6 +377,7 @@ class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
                         raise exists
                     conn.execute(_policies.delete().where(*key))
                 conn.execute(_policies.insert().values(**values))
+                kill_point("policy-write")  # a kill here rolls back: the old policy stays
         except sa.exc.IntegrityError:
             raise exists from None
 

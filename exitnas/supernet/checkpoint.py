@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from exitnas.errors import CheckpointError
+from exitnas.faults import kill_point
 
 __all__ = [
     "atomic_write",
@@ -67,10 +68,23 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _tensors_writer(
+    tensors: dict[str, torch.Tensor], meta: dict, point: str | None = None
+) -> Callable[[str], None]:
+    """``write(tmp)`` for :func:`atomic_write`: a safetensors file, then kill ``point``."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        if point is not None:
+            kill_point(point)  # written, not renamed: the old file is still the one in place
+
+    return write
+
+
 def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write ``tensors`` and the JSON-able ``meta`` to ``path`` atomically."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}))
+    atomic_write(path, _tensors_writer(tensors, meta))
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -126,7 +140,8 @@ def save_checkpoint(
     optim_tensors, groups = optimizer_to_tensors(optimizer)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(optim_tensors)
-    save_weights(path, tensors, {**meta, "param_groups": groups})
+    meta = {**meta, "param_groups": groups}
+    atomic_write(path, _tensors_writer(tensors, meta, "checkpoint-temp-written"))
 
 
 def load_checkpoint(
