@@ -7,7 +7,9 @@ exactly the requested number is added even if a worker dies; ``until`` sets that
 workers started separately (other hosts). Running trials send Optuna heartbeats: the trial of
 a killed worker is marked failed and queued again for the others. The
 study records the study file's key, the exit rules and the hash of the supernet weights and
-validation split it was searched with, and refuses to continue with different ones.
+validation split it was searched with, in one user attribute written in one step (a worker
+killed while setting up a study leaves nothing half written), and refuses to continue with
+different ones.
 
 Searching for a profiled device (``device``) adds a third objective, the expected latency per
 image on that device, in a study of its own named ``<study>@<device>`` (an Optuna study's
@@ -34,17 +36,19 @@ from tqdm.auto import tqdm
 
 from exitnas.data import DataSplits, load_splits
 from exitnas.errors import CheckpointError, ExitnasError
+from exitnas.faults import kill_point
 from exitnas.search.objective import ArchitectureEvaluator, SearchObjective, file_sha256
 from exitnas.search.pareto import hypervolume_2d, pareto_mask
 from exitnas.search.samplers import create_sampler
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
-from exitnas.search.workers import StudyTarget
+from exitnas.search.workers import StudyTarget, trial_told
 from exitnas.spaces import StudyConfig
 from exitnas.supernet import SuperViT, count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
 
 __all__ = [
     "DIRECTIONS",
+    "IDENTITY_ATTR",
     "LATENCY_OBJECTIVE",
     "OBJECTIVES",
     "SearchSummary",
@@ -64,6 +68,7 @@ __all__ = [
     "run_search",
     "search_objectives",
     "search_study_name",
+    "study_identity",
     "study_names",
 ]
 
@@ -149,22 +154,62 @@ def load_evaluator(
     )
 
 
+IDENTITY_ATTR = "exitnas_identity"  # the study's identity: one user attribute, written last
+# before IDENTITY_ATTR, a study's identity was five attributes written one by one
+_LEGACY_ATTRS = {
+    "study_key": "exitnas_study_key",
+    "study": "exitnas_study",
+    "rules": "rules",
+    "evaluation_key": "evaluation_key",
+    "device": "device",
+}
+
+
+def study_identity(optuna_study: optuna.Study) -> dict[str, Any] | None:
+    """What a searched study was set up with (study key, study file, exit rules, evaluation
+    key, device), or None when its set-up never completed.
+
+    A study set up before the identity was one attribute gives its separate attributes (the
+    fields its set-up reached).
+    """
+    attrs = optuna_study.user_attrs
+    if IDENTITY_ATTR in attrs:
+        return dict(attrs[IDENTITY_ATTR])
+    if _LEGACY_ATTRS["study_key"] in attrs:
+        return {field: attrs[name] for field, name in _LEGACY_ATTRS.items() if name in attrs}
+    return None
+
+
+def _identity(study: StudyConfig, key: str | None, device: str | None) -> dict[str, Any]:
+    return {
+        "study_key": study.key(),
+        "study": json.dumps(study.to_dict()),
+        "rules": list(study.search.rules),
+        "evaluation_key": key,
+        "device": device,
+    }
+
+
 def _check_identity(
     optuna_study: optuna.Study, study: StudyConfig, url: str, key: str | None, rules: bool
 ) -> None:
-    attrs = optuna_study.user_attrs
+    identity = study_identity(optuna_study)
     where = f"study {optuna_study.study_name!r} in {url}"
-    if attrs.get("exitnas_study_key") != study.key():
+    if identity is None:
+        raise ExitnasError(
+            f"{where} was never set up (its first search was cut short): run exitnas search"
+        )
+    if identity.get("study_key") != study.key():
         raise CheckpointError(
             f"{where} was searched for another study file (key "
-            f"{attrs.get('exitnas_study_key')}); use another --storage"
+            f"{identity.get('study_key')}); use another --storage"
         )
-    if rules and list(attrs.get("rules", [])) != list(study.search.rules):
+    if rules and list(identity.get("rules", [])) != list(study.search.rules):
         raise CheckpointError(
-            f"{where} was searched with exit rules {attrs.get('rules')}; the study file now "
+            f"{where} was searched with exit rules {identity.get('rules')}; the study file now "
             f"says {list(study.search.rules)}: restore them or use another --storage"
         )
-    if key is not None and attrs.get("evaluation_key") != key:
+    if key is not None and identity.get("evaluation_key") != key:
         raise CheckpointError(
             f"{where} was searched with other supernet weights or another validation split "
             "(the supernet was retrained or the data changed): use another --storage"
@@ -181,6 +226,14 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it.
 
+    The study's identity (:func:`study_identity`) is one user attribute, written in one step
+    after everything else the set-up writes, and the only one checked: a worker killed during
+    the set-up leaves a study without it, which the next worker sets up (never refuses), and a
+    worker opening the study while another sets it up checks the finished identity. Workers
+    with the same study file, rules and evaluation key write the same identity; two workers
+    that differ, opening a fresh study at the same instant, can both pass (Optuna's attributes
+    have no compare-and-set), while any later one is refused.
+
     Args:
         key: the :func:`evaluation_key` the study must have been searched with.
         device: a profiled device: the three-objective study ``<study>@<device>``.
@@ -194,16 +247,15 @@ def open_study(
         directions=directions,
         load_if_exists=True,
     )
-    if "exitnas_study_key" not in optuna_study.user_attrs:
+    kill_point("study-created")
+    if IDENTITY_ATTR not in optuna_study.user_attrs:  # new, or its set-up was cut short
+        legacy = study_identity(optuna_study) or {}  # an older study's separate attributes
         with warnings.catch_warnings():  # experimental in Optuna; names the dashboard's axes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna_study.set_metric_names(list(names))
-        optuna_study.set_user_attr("device", device)
-        optuna_study.set_user_attr("exitnas_study_key", study.key())
-        optuna_study.set_user_attr("exitnas_study", json.dumps(study.to_dict()))
-        optuna_study.set_user_attr("rules", list(study.search.rules))
-        if key is not None:
-            optuna_study.set_user_attr("evaluation_key", key)
+        kill_point("identity-half-written")
+        identity = {**_identity(study, key, device), **legacy}
+        optuna_study.set_user_attr(IDENTITY_ATTR, identity)  # one write: the set-up is complete
     _check_identity(optuna_study, study, url, key, rules=True)
     return optuna_study
 
@@ -402,7 +454,7 @@ def run_search(
 
             objective = SearchObjective(evaluator, study.search.rules, latency)
             if until is None:  # alone on the study: Optuna's own loop
-                optuna_study.optimize(objective, n_trials=trials, callbacks=[tick])
+                optuna_study.optimize(objective, n_trials=trials, callbacks=[tick, trial_told])
             else:
                 StudyTarget(optuna_study, target).run(objective, callbacks=[tick])
             results = [(evaluator.hits, evaluator.misses, evaluator.miss_seconds)]

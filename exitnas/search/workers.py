@@ -7,31 +7,54 @@ stopped beating: the storage's Optuna heartbeat then marks them failed and
 ``RetryHeartbeatStaleTrialCallback`` queues them again (same parameters, state ``WAITING``),
 and the next free worker runs the retry. A worker that finds the rest of the target in other
 workers' hands waits for them (polling), so killing any worker neither loses a completed trial
-nor leaves the study short.
+nor leaves the study short. A retry queued as the target is met stays ``WAITING``: the study's
+next search runs it first.
+
+Optuna never fails a running trial that has no heartbeat at all (a worker killed between
+asking a trial and its heartbeat thread's first beat). A trial's first act is therefore to
+beat once and mark itself started (the system attribute ``exitnas_started``: its own number,
+which a retry copying it does not match), and a trial still unmarked after the grace period
+(two heartbeats, by the clock of the host that asked it) is failed and queued again like a
+stale one. Trials that other tools (Ray Tune's searcher) run on the same study without
+heartbeats would be failed the same way: do not share one study between them.
 
 Two workers can decide to start a trial at the same moment; each trial therefore checks, once
-created, how many completed trials and running trials created before it (lower numbers) the
-study holds, and is pruned as surplus when those already reach the target. Every trial records
-its worker (``host:pid``) as the user attribute ``worker``.
+created, how many completed trials, and running or queued (retry) trials created before it
+(lower numbers), the study holds, and is pruned as surplus when those already reach the
+target. Every trial records its worker (``host:pid``) as the user attribute ``worker``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["StudyTarget", "worker_name"]
+from exitnas.faults import kill_point
+
+__all__ = ["STARTED_ATTR", "WORKER_ATTR", "StudyTarget", "trial_told", "worker_name"]
+
+WORKER_ATTR = "worker"  # user attribute: the trial's worker, host:pid
+STARTED_ATTR = "exitnas_started"  # system attribute: the trial's number, set after its first beat
 
 
 def worker_name() -> str:
     """``host:pid`` of this process."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_told(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna callback (called once a trial's state is committed): the ``trial-told`` kill
+    point of :mod:`exitnas.faults`."""
+    kill_point("trial-told")
 
 
 class StudyTarget:
@@ -47,29 +70,61 @@ class StudyTarget:
 
     def __init__(self, optuna_study: optuna.Study, target: int, poll: float = 1.0) -> None:
         self.study, self.target, self.poll = optuna_study, target, poll
-        self.storage = optuna_study._storage  # counts without loading every trial
+        self.storage: Any = optuna_study._storage  # Optuna's cache: finished trials read once
         self.study_id = self.storage.get_study_id_from_name(optuna_study.study_name)
+        interval = getattr(self.storage, "get_heartbeat_interval", None)  # RDB storages
+        self.heartbeat: int | None = interval() if interval is not None else None
         self.pruned = 0
 
-    def counts(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:
-        """Completed trials and the running trials (after failing stale ones)."""
+    def counts(self) -> tuple[int, list[FrozenTrial], list[FrozenTrial]]:
+        """Completed trials, running trials and queued (retry) trials, read in one query
+        after failing stale ones (two queries would miss a trial changing state in between)."""
         with warnings.catch_warnings():  # experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
-        complete = self.storage.get_n_trials(self.study_id, state=TrialState.COMPLETE)
-        running = self.storage.get_all_trials(
-            self.study_id, deepcopy=False, states=(TrialState.RUNNING,)
-        )
-        return complete, running
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        trials = self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        complete = len(trials) - len(running) - len(waiting)
+        return complete, self._fail_never_started(running), waiting
+
+    def _fail_never_started(self, running: list[FrozenTrial]) -> list[FrozenTrial]:
+        """Fail (and queue again) the running trials not marked started within the grace
+        period; return the others."""
+        if self.heartbeat is None:
+            return running
+        now, alive = datetime.now(), []
+        for trial in running:
+            started = trial.datetime_start
+            if trial.system_attrs.get(STARTED_ATTR) == trial.number or started is None:
+                alive.append(trial)
+            elif (now - started).total_seconds() <= 2 * self.heartbeat:
+                alive.append(trial)
+            else:
+                try:
+                    failed = self.storage.set_trial_state_values(
+                        trial._trial_id, state=TrialState.FAIL
+                    )
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    failed = False  # another worker failed it first
+                retry = self.storage.get_heartbeat_stale_trial_callback()
+                if failed and retry is not None:
+                    retry(self.study, copy.deepcopy(self.storage.get_trial(trial._trial_id)))
+        return alive
 
     def guard(self, objective: Callable[[optuna.trial.Trial], Sequence[float]]):
         """``objective`` that first records its worker and prunes itself when surplus."""
         name = worker_name()
 
         def guarded(trial: optuna.trial.Trial) -> Sequence[float]:
-            trial.set_user_attr("worker", name)
-            complete, running = self.counts()
-            ahead = sum(t.number < trial.number for t in running)
+            kill_point("trial-asked")
+            if self.heartbeat is not None:
+                self.storage.record_heartbeat(trial._trial_id)  # before the thread's first
+            self.storage.set_trial_system_attr(trial._trial_id, STARTED_ATTR, trial.number)
+            trial.set_user_attr(WORKER_ATTR, name)
+            complete, running, waiting = self.counts()  # waiting: the next worker runs them
+            ahead = sum(t.number < trial.number for t in (*running, *waiting))
             if complete + ahead >= self.target:
                 self.pruned += 1
                 raise optuna.TrialPruned(f"surplus: the study's target is {self.target} trials")
@@ -85,10 +140,10 @@ class StudyTarget:
         """Run trials (one ``optimize`` call each) until the target is met."""
         guarded = self.guard(objective)
         while True:
-            complete, running = self.counts()
+            complete, running, _ = self.counts()
             if complete >= self.target:
                 return
             if complete + len(running) >= self.target:
                 time.sleep(self.poll)  # the rest is running elsewhere: wait for it
                 continue
-            self.study.optimize(guarded, n_trials=1, callbacks=list(callbacks))
+            self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])

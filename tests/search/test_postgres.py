@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -51,20 +50,6 @@ def public_url(trained_run):
     delete()
     yield POSTGRES_URL
     delete()
-
-
-@pytest.fixture
-def fresh_url():
-    """A URL whose tables all go to a new, empty schema (dropped after): a fresh database."""
-    schema = f"exitnas_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def test_search_and_cache_in_postgres(trained_run, public_url: str) -> None:
