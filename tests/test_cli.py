@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from exitnas.cli import main
+from exitnas.faults import KILL_ENV
 from exitnas.supernet.checkpoint import load_weights
 
 ROOT = Path(__file__).parents[1]
@@ -81,32 +82,60 @@ def test_missing_data_path_exits_2(tmp_path: Path, capsys) -> None:
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(study, tmp_path: Path) -> None:
-    """A real SIGKILL mid-training; running the same command again finishes the schedule."""
+TRAIN_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def train_command(path: Path, *extra: str) -> list[str]:
+    """``exitnas train PATH --quiet [extra] --out`` (the folder goes last)."""
+    return [sys.executable, "-m", "exitnas.cli", "train", str(path), "--quiet", *extra, "--out"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``weights(path, *extra)``: the weights of an uninterrupted ``exitnas train`` of that
+    study file, trained once per module (the kill tests compare resumed runs with it)."""
+    runs: dict[tuple, dict] = {}
+
+    def weights(path: Path, *extra: str) -> dict:
+        key = (path.read_text(), extra)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("straight")
+            command = [*train_command(path, *extra), str(out)]
+            assert subprocess.run(command, env=TRAIN_ENV).returncode == 0
+            runs[key] = load_weights(out / "supernet.safetensors")[0]
+        return runs[key]
+
+    return weights
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(
+    study, tmp_path: Path, uninterrupted
+) -> None:
+    """SIGKILL with the second checkpoint written to its temporary file but not renamed (the
+    ``checkpoint-temp-written`` kill point): the first checkpoint is intact, and running the same
+    command again finishes the schedule with an uninterrupted run's weights."""
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(study.to_dict()))
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "exitnas.cli", "train", str(path), "--quiet", "--out"]
-    process = subprocess.Popen([*command, str(killed)], env=env)
-    checkpoint = killed / "checkpoint.safetensors"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    killed = tmp_path / "killed"
+    command = [*train_command(path, "--epochs", "1"), str(killed)]
+    kill = {**TRAIN_ENV, KILL_ENV: "checkpoint-temp-written:2"}
+    assert subprocess.run(command, env=kill).returncode == -signal.SIGKILL
+    assert len(list(killed.glob(".checkpoint.safetensors.*.tmp"))) == 1  # written, not renamed
+    _, meta = load_weights(killed / "checkpoint.safetensors")  # the first one, whole
+    assert meta["step"] == study.training.checkpoint_every
     description = json.loads((killed / "supernet.json").read_text())
     assert description["training"]["complete"] is False
-    assert subprocess.run([*command, str(killed)], env=env).returncode == 0
-    assert subprocess.run([*command, str(straight)], env=env).returncode == 0
-    a = load_weights(straight / "supernet.safetensors")[0]
+    assert subprocess.run(command, env=TRAIN_ENV).returncode == 0
+    assert not list(killed.glob(".*.tmp"))
+    a = uninterrupted(path, "--epochs", "1")
     b = load_weights(killed / "supernet.safetensors")[0]
     for name in a:
         torch.testing.assert_close(b[name], a[name])
 
 
-def test_kill_9_at_random_points_every_resume_completes(study, tmp_path: Path) -> None:
+def test_kill_9_at_random_points_every_resume_completes(
+    study, tmp_path: Path, uninterrupted
+) -> None:
     """Three SIGKILLs at random moments of one run (seeded): after each the folder holds a
     readable checkpoint or none (never a torn file), and the resumed run ends with the weights of
     an uninterrupted one."""
@@ -114,9 +143,9 @@ def test_kill_9_at_random_points_every_resume_completes(study, tmp_path: Path) -
 
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(study.to_dict()))
-    killed, straight = tmp_path / "killed", tmp_path / "straight"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "exitnas.cli", "train", str(path), "--quiet", "--out"]
+    killed = tmp_path / "killed"
+    env = TRAIN_ENV
+    command = train_command(path)
     draw = random.Random(20261122)
     steps = []
     for _ in range(3):
@@ -138,8 +167,7 @@ def test_kill_9_at_random_points_every_resume_completes(study, tmp_path: Path) -
     assert steps == sorted(steps) and steps, "no checkpoint was reached before the kills"
     assert subprocess.run([*command, str(killed)], env=env).returncode == 0
     assert not list(killed.glob("*.tmp*"))
-    assert subprocess.run([*command, str(straight)], env=env).returncode == 0
-    a = load_weights(straight / "supernet.safetensors")[0]
+    a = uninterrupted(path)
     b = load_weights(killed / "supernet.safetensors")[0]
     for name in a:
         torch.testing.assert_close(b[name], a[name])
