@@ -9,6 +9,9 @@ image (counted by ``FlopCounterMode``), and measured CPU latency (batch 1: media
 images; batch 512: ms per image), with the threads given.
 
     python benchmarks/baseline_vit.py studies/cifar10.yaml --out runs/cifar10-baseline
+    # or score the recipe ladder's rung a (the same ViT, trained the same way) without training:
+    python benchmarks/baseline_vit.py studies/cifar10.yaml --out runs/cifar10-baseline \
+        --trained runs/ladder-full6/a/vit.safetensors
 
 Its ``vit.safetensors`` (``model.state_dict()``, with the ViT's dims, ``num_heads`` included, in
 the metadata) is a valid warm start for the supernet of the same study:
@@ -27,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from plain_vit import save_plain_vit, train_plain_vit
+from plain_vit import load_plain_vit, save_plain_vit, train_plain_vit
 from torch.utils.flop_counter import FlopCounterMode
 
 from exitnas.search.runner import load_validation
@@ -65,6 +68,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, help="override training.epochs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--trained",
+        type=Path,
+        help="score this ViT (trained as this script trains, e.g. recipe_ladder.py's rung a, "
+        "whose ladder.json beside it gives the training time) instead of training one",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     study = load_study(args.study)
@@ -73,7 +82,11 @@ def main() -> None:
     if args.data:
         study = replace(study, data=replace(study.data, path=args.data))
     splits = load_validation(study)  # the supernet's splits: same validation images held out
-    model, seconds = train_plain_vit(study, splits, epochs)
+    if args.trained:
+        model = load_plain_vit(args.trained, space)
+        seconds = json.loads((args.trained.parent / "ladder.json").read_text())["train_seconds"]
+    else:
+        model, seconds = train_plain_vit(study, splits, epochs)
     total = epochs * math.ceil(len(splits.train) / cfg.batch_size)
     model.eval()
     shape = (space.in_chans, space.max_resolution, space.max_resolution)

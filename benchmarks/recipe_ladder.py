@@ -291,7 +291,10 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    study = load_study(args.study).with_overrides(epochs=args.epochs)
+    study = load_study(args.study)
+    # the rungs start from no standalone phase (rung p sets one), at any --epochs
+    study = replace(study, training=replace(study.training, standalone_epochs=0.0))
+    study = study.with_overrides(epochs=args.epochs)
     if args.data:
         study = replace(study, data=replace(study.data, path=args.data))
     splits = subset(load_validation(study), args.train, study.seed)
