@@ -193,7 +193,6 @@ def test_a_worker_killed_while_setting_up_the_study(workers, searchable, url, po
     once) complete the set-up instead of refusing the study."""
     study, run = searchable
     kept = kill_one_while_others_run(workers, study, run, url, point, alone=True)
-    assert kept == set()
     check_study(study, run, url, kept)
 
 
