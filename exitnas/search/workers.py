@@ -22,6 +22,10 @@ Two workers can decide to start a trial at the same moment; each trial therefore
 created, how many completed trials, and running or queued (retry) trials created before it
 (lower numbers), the study holds, and is pruned as surplus when those already reach the
 target. Every trial records its worker (``host:pid``) as the user attribute ``worker``.
+
+SQLite has no row locks, so two workers can take the same queued retry (or both fail one stale
+trial and queue two retries): both run it, the first to finish tells it, and the second, finding
+it finished, goes on with the next trial instead of failing.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class StudyTarget:
         interval = getattr(self.storage, "get_heartbeat_interval", None)  # RDB storages
         self.heartbeat: int | None = interval() if interval is not None else None
         self.pruned = 0
+        self._trial_id: int | None = None  # the trial this worker runs now
 
     def counts(self) -> tuple[int, list[FrozenTrial], list[FrozenTrial]]:
         """Completed trials, running trials and queued (retry) trials, read in one query
@@ -118,6 +123,7 @@ class StudyTarget:
         name = worker_name()
 
         def guarded(trial: optuna.trial.Trial) -> Sequence[float]:
+            self._trial_id = trial._trial_id
             kill_point("trial-asked")
             if self.heartbeat is not None:
                 self.storage.record_heartbeat(trial._trial_id)  # before the thread's first
@@ -146,4 +152,14 @@ class StudyTarget:
             if complete + len(running) >= self.target:
                 time.sleep(self.poll)  # the rest is running elsewhere: wait for it
                 continue
-            self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])
+            self._trial_id = None
+            try:
+                self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])
+            except ValueError:  # "Cannot tell a COMPLETE trial": another worker ran it too
+                if self._trial_id is None or not self._finished_elsewhere(self._trial_id):
+                    raise
+
+    def _finished_elsewhere(self, trial_id: int) -> bool:
+        """Whether ``trial_id``, which this worker could not tell, is finished (told by another
+        worker that took the same queued trial)."""
+        return self.storage.get_trial(trial_id).state.is_finished()

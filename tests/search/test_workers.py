@@ -78,6 +78,24 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+def test_a_trial_told_first_by_another_worker_is_left_to_it(tmp_path: Path) -> None:
+    """On SQLite two workers can take the same queued retry: the one telling it second goes on
+    instead of failing."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    other = optuna.load_study(study_name="s", storage=open_storage(url))
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        if trial.number == 1:
+            other.tell(trial.number, 0.5)  # the other worker running it finished first
+        return 1.0
+
+    StudyTarget(study, 3).run(objective)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert trials[1].value == 0.5
+
+
 def test_a_trial_started_beyond_the_target_is_pruned(tmp_path: Path) -> None:
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
     other = study.ask()  # another worker's trial, running and created first
