@@ -143,8 +143,12 @@ def kill_one_while_others_run(workers, study, run, url: str, point: str, alone: 
     assert finish(victim) == -signal.SIGKILL, f"the victim was not killed at {point}"
     kept = complete_numbers(url, study.name)
     survivors = [workers(search_worker, None, *args, TARGET) for _ in range(2)]
-    for process in (companion, *survivors):
-        assert finish(process) == 0, "a worker failed or was refused (its error is above)"
+    codes = {process.pid: finish(process) for process in (companion, *survivors)}
+    if set(codes.values()) != {0}:
+        trials = optuna.load_study(study_name=study.name, storage=url).trials
+        pytest.fail(
+            f"a worker failed or was refused (its error is above): {codes}\n" + describe(trials)
+        )
     return kept
 
 
