@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exitnas.data import DataSplits, ImageSplit, load_splits
-from exitnas.spaces import DataConfig, SearchSpace, StudyConfig, TrainingConfig
+from exitnas.spaces import DataConfig, SearchConfig, SearchSpace, StudyConfig, TrainingConfig
 from exitnas.supernet.registry import exitnas_tiny
 
 
@@ -44,6 +44,9 @@ def study(space: SearchSpace) -> StudyConfig:
         space=space,
         data=DataConfig(image_size=16, val_fraction=0.1),
         training=training,
+        # no seed trials: the searches here test the sampler's own (tests/search/test_seeds.py
+        # tests the seeds)
+        search=SearchConfig(seeds=()),
         seed=7,
     )
 
@@ -75,6 +78,7 @@ def trained_run(tmp_path_factory, digits: DataSplits):
         space=space,
         data=DataConfig(image_size=16, val_fraction=0.1),
         training=training,
+        search=SearchConfig(seeds=()),  # as `study`'s: the sampler's own trials
         seed=3,
     )
     small = replace(digits, train=ImageSplit(digits.train.images[:256], digits.train.labels[:256]))

@@ -40,6 +40,7 @@ from exitnas.faults import kill_point
 from exitnas.search.objective import ArchitectureEvaluator, SearchObjective, file_sha256
 from exitnas.search.pareto import hypervolume_2d, pareto_mask
 from exitnas.search.samplers import create_sampler
+from exitnas.search.seeds import seed_trials
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
 from exitnas.search.workers import StudyTarget, trial_told
 from exitnas.spaces import StudyConfig
@@ -226,6 +227,9 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the Optuna study of ``study`` in ``url`` and check it belongs to it.
 
+    A new study queues its seed trials (:func:`~exitnas.search.seeds.seed_trials`: the plain
+    ViT's config and the presets) first; the sampler draws the trials after them.
+
     The study's identity (:func:`study_identity`) is one user attribute, written in one step
     after everything else the set-up writes, and the only one checked: a worker killed during
     the set-up leaves a study without it, which the next worker sets up (never refuses), and a
@@ -253,6 +257,8 @@ def open_study(
         with warnings.catch_warnings():  # experimental in Optuna; names the dashboard's axes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna_study.set_metric_names(list(names))
+        for design, params in seed_trials(study):  # again after a cut-short set-up: no repeats
+            optuna_study.enqueue_trial(params, user_attrs={"seed": design}, skip_if_exists=True)
         kill_point("identity-half-written")
         identity = {**_identity(study, key, device), **legacy}
         optuna_study.set_user_attr(IDENTITY_ATTR, identity)  # one write: the set-up is complete

@@ -12,13 +12,15 @@ threshold per exit but the last.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 
+from exitnas.errors import ConfigError
 from exitnas.search.rules import RULES, ExitRule
 from exitnas.spaces import BranchConfig, ExitConfig, SearchSpace, SubnetConfig
 
-__all__ = ["chain_label", "suggest", "trial_config"]
+__all__ = ["chain_label", "config_params", "suggest", "trial_config"]
 
 
 def chain_label(chain: Sequence[tuple[int, int]]) -> str:
@@ -70,3 +72,43 @@ def trial_config(
 ) -> tuple[SubnetConfig, ExitRule]:
     """The sub-network and exit rule a finished trial evaluated, rebuilt from its parameters."""
     return suggest(optuna.trial.FixedTrial(trial.params), space, RULES)
+
+
+def config_params(config: SubnetConfig, rule: ExitRule, space: SearchSpace) -> dict[str, Any]:
+    """The parameters :func:`suggest` records for ``config`` and ``rule``: its inverse, for
+    ``study.enqueue_trial`` (a threshold of ``inf``, never exit, becomes 1.0).
+
+    Raises:
+        ConfigError: ``config`` is not a sub-network of ``space``.
+
+    Example:
+        >>> suggest(optuna.trial.FixedTrial(config_params(config, rule, space)), space, RULES)
+    """
+    space.check(config, "seed config")
+    chain = tuple((b.resolution, b.patch_size) for b in config.branches)
+    if chain not in {tuple(c) for c in space.branch_chains}:
+        allowed = [chain_label(c) for c in space.branch_chains]
+        raise ConfigError(
+            f"seed config: branches {chain_label(chain)} not allowed; allowed: {allowed}"
+        )
+    params: dict[str, Any] = {"branches": chain_label(chain)}
+    for i, branch in enumerate(config.branches):
+        if len(space.keep_rates) > 1:
+            params[f"b{i}_keep_rate"] = branch.keep_rate
+        previous = config.branches[i - 1] if i else None
+        if previous and space.refine_fractions and branch.grid % previous.grid == 0:
+            params[f"b{i}_refine"] = branch.refine_fraction
+        last = branch.exits[-1].layer
+        params[f"b{i}_last_exit"] = last
+        heads = {exit_.layer: exit_.head for exit_ in branch.exits}
+        for layer in (x for x in space.exit_layers if x <= last):
+            if layer != last:
+                params[f"b{i}_exit_l{layer}"] = layer in heads
+            if layer in heads and len(space.head_types) > 1:
+                params[f"b{i}_head_l{layer}"] = heads[layer]
+    if len(config.branches) > 1 and len(space.reuse) > 1:
+        params["reuse"] = config.reuse
+    params["rule"] = rule.rule
+    for (b, exit_), threshold in zip(config.exits[:-1], rule.thresholds, strict=True):
+        params[f"t_b{b}_l{exit_.layer}"] = min(float(threshold), 1.0)
+    return params

@@ -17,6 +17,7 @@ import yaml
 from exitnas.data.load import DATASETS
 from exitnas.errors import ConfigError
 from exitnas.spaces._parse import from_dict, to_dict
+from exitnas.spaces.presets import make_preset
 from exitnas.spaces.space import SearchSpace
 
 __all__ = ["DataConfig", "SearchConfig", "StudyConfig", "TrainingConfig", "load_study"]
@@ -46,6 +47,9 @@ Sampling = Literal["search", "uniform"]
 ExitWeights = Literal["equal", "depth", "last"]
 HeadTraining = Literal["joint", "detached"]
 SANDWICH_PATHS: tuple[str, ...] = typing.get_args(SandwichPath)
+# designs whose configs a new search evaluates first: the plain ViT and the presets
+SeedDesign = Literal["standalone", "ravit", "cfvit", "supervit", "multi_exit_vit"]
+SEED_DESIGNS: tuple[str, ...] = typing.get_args(SeedDesign)
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ class SearchConfig:
     budget_mflops: float | None = None  # `exitnas run`'s bundle: expected MFLOPs per image
     budget_ms: float | None = None  # ... or expected ms per image on the profiled machine
     heartbeat_seconds: int = 10  # a trial whose worker is silent 2x this long is failed, retried
+    # designs a new study evaluates first (Optuna's enqueue_trial), then the sampler takes
+    # over: null (default) = the plain ViT's config and every preset the space can make; []
+    # = none
+    seeds: tuple[SeedDesign, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("budget_mflops", "budget_ms"):
@@ -212,6 +220,12 @@ class StudyConfig:
                 f"data.image_size: {self.data.image_size} is smaller than the largest branch "
                 f"resolution {self.space.max_resolution}; use at least that"
             )
+        for design in self.search.seeds or ():
+            if design != "standalone":
+                try:
+                    make_preset(self.space, design)
+                except ConfigError as err:
+                    raise ConfigError(f"search.seeds: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
