@@ -115,6 +115,10 @@ RUNGS: dict[str, tuple[str, dict[str, Any] | None]] = {
         "m, the first two thirds of the epochs the standalone path alone",
         {**ALL, "kd_ratio": 0.0, "standalone_share": 2 / 3},
     ),
+    "r": (
+        "p, the teacher (standalone) path's loss x 4 in the sandwich",
+        {**ALL, "kd_ratio": 0.0, "standalone_share": 0.5, "teacher_weight": 4.0},
+    ),
     # warm start (--warm-epochs more, a fresh schedule): from rung a's ViT
     "w": ("warm start: rung a's ViT + the defaults (supernet)", {}),
     "x": ("rung a's ViT trained alone as long as w", None),

@@ -52,6 +52,10 @@ SeedDesign = Literal["standalone", "ravit", "cfvit", "supervit", "multi_exit_vit
 SEED_DESIGNS: tuple[str, ...] = typing.get_args(SeedDesign)
 
 
+# training fields added after runs were trained without them, and their defaults
+_ADDED_LATER = {"teacher_weight": 1.0}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """How the supernet is trained once (sandwich rule with in-place distillation)."""
@@ -72,6 +76,9 @@ class TrainingConfig:
     # the full network before shrinking it); the keep-rate warm-up starts with the sandwich
     standalone_epochs: float = 0.0
     teacher: SandwichPath = "standalone"  # learns from labels alone; the others distil from it
+    # the teacher path's loss weight in a sandwich step, against 1 for every other path: AdamW
+    # normalises the summed gradient, so with n other paths the teacher steers w / (w + n) of it
+    teacher_weight: float = 1.0
     random_subnets: int = 2  # random sub-networks per step, drawn as `sampling` says
     sampling: Sampling = "search"  # search: as the search's random trials
     # how the exits of one sub-network share its loss: equal (mean), depth (exit i of n weighs
@@ -122,6 +129,8 @@ class TrainingConfig:
                 raise ConfigError(
                     f"{name}: {getattr(self, name)!r} is not allowed; allowed: {allowed}"
                 )
+        if not (math.isfinite(self.teacher_weight) and self.teacher_weight > 0):
+            raise ConfigError(f"teacher_weight: {self.teacher_weight} must be a positive number")
         if not 0.0 <= self.kd_ratio <= 1.0:
             raise ConfigError(f"kd_ratio: {self.kd_ratio} must be in [0, 1]")
         for name in (
@@ -258,6 +267,9 @@ class StudyConfig:
             data["data"].pop(name)
         for name in ("device", "num_threads", "checkpoint_every"):
             data["training"].pop(name)
+        for name, default in _ADDED_LATER.items():  # at its default, a run trained before the
+            if data["training"][name] == default:  # field existed keeps its key
+                data["training"].pop(name)
         return data
 
     def with_overrides(self, **training: Any) -> StudyConfig:

@@ -103,7 +103,8 @@ def sandwich_backward(
     cfg: TrainingConfig,
     epoch: float,
 ) -> float:
-    """Accumulate the gradients of one step's paths (``paths[0]`` the teacher); the summed loss.
+    """Accumulate the gradients of one step's paths (``paths[0]`` the teacher, its loss times
+    ``cfg.teacher_weight`` when other paths share the step); the summed loss.
 
     Args:
         model: the supernet (in training mode).
@@ -126,8 +127,10 @@ def sandwich_backward(
         return distil if kd == 1.0 else (1.0 - kd) * hard(logits, labels) + kd * distil
 
     total = 0.0
-    for _, config in paths:
+    for i, (_, config) in enumerate(paths):
         loss, last = path_loss(model, images, config, criterion, cfg)
+        if i == 0 and len(paths) > 1:
+            loss = cfg.teacher_weight * loss
         loss.backward()
         total += loss.item()
         if teacher is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,6 +165,14 @@ def test_unknown_key_names_the_allowed_keys(tmp_path: Path) -> None:
             lambda d: d["training"].update(epochs=2, standalone_epochs=2),
             r"standalone_epochs: 2.0 leaves no epoch for the sandwich; allowed: less than epochs",
         ),
+        (
+            lambda d: d["training"].update(teacher_weight=0),
+            r"training.teacher_weight: 0.0 must be a positive number",
+        ),
+        (
+            lambda d: d["search"].update(seeds=["standalone", "vit"]),
+            r"search.seeds\[1\]: 'vit' is not allowed; allowed values: \['standalone', 'ravit'",
+        ),
         (lambda d: d["training"].update(weight_decay=-1), r"weight_decay: -1.0 must not be neg"),
     ],
 )
@@ -186,3 +196,16 @@ def test_study_key_ignores_where_data_lives(study: StudyConfig) -> None:
     moved = replace(study, data=replace(study.data, path="/elsewhere"))
     assert moved.key() == study.key()
     assert study.with_overrides(epochs=3).key() != study.key()
+
+
+def test_a_field_added_later_keeps_older_keys_at_its_default(study: StudyConfig) -> None:
+    older = study.to_dict()  # what a run trained before teacher_weight existed hashed
+    older.pop("search")
+    for name in ("path", "download"):
+        older["data"].pop(name)
+    for name in ("device", "num_threads", "checkpoint_every", "teacher_weight"):
+        older["training"].pop(name)
+    text = json.dumps(older, sort_keys=True, separators=(",", ":"))
+    assert study.key() == hashlib.sha256(text.encode()).hexdigest()[:16]
+    heavier = replace(study, training=replace(study.training, teacher_weight=4.0))
+    assert heavier.key() != study.key()

@@ -189,3 +189,26 @@ def test_the_standalone_config_is_the_plain_vit_of_the_space(space) -> None:
     assert (branch.resolution, branch.patch_size) == (16, 2)
     assert [e.layer for e in branch.exits] == list(space.exit_layers)
     assert branch.keep_rate == 1.0 and branch.refine_fraction is None
+
+
+def test_the_teacher_weight_scales_the_teachers_gradient_alone(model, space, batch) -> None:
+    images, labels = batch
+    cfg = TrainingConfig(sandwich=("standalone", "smallest"), random_subnets=0)
+    paths = sandwich_paths(space, cfg, np.random.default_rng(0))
+    found = {}
+    for weight in (1.0, 3.0):
+        model.zero_grad(set_to_none=True)
+        sandwich_backward(model, images, labels, paths, replace(cfg, teacher_weight=weight), 2.0)
+        found[weight] = grads(model)
+    model.zero_grad(set_to_none=True)
+    sandwich_backward(model, images, labels, paths[:1], cfg, 2.0)  # the teacher alone
+    teacher = grads(model)
+    for name, value in found[1.0].items():
+        expected = value + 2.0 * teacher.get(name, torch.zeros_like(value))
+        torch.testing.assert_close(found[3.0][name], expected, msg=name, rtol=1e-4, atol=1e-6)
+    # alone in its step (the standalone phase) the teacher's loss is not scaled
+    model.zero_grad(set_to_none=True)
+    heavy = replace(cfg, teacher_weight=3.0)
+    sandwich_backward(model, images, labels, paths[:1], heavy, 2.0)
+    for name, value in grads(model).items():
+        torch.testing.assert_close(value, teacher[name], msg=name)
