@@ -12,11 +12,10 @@ from exitnas.data.cifar import download_cifar10
 from exitnas.data.digits import load_digit_arrays
 from exitnas.data.errors import DataError
 from exitnas.data.splits import DataSplits, ImageArrays, channel_stats, stratified_carve
+from exitnas.spaces.study import DATASETS  # the data set names load_splits accepts
 
 __all__ = ["DATASETS", "TEST_FRACTION", "load_splits"]
 
-DATASETS = ("digits", "cifar10", "folder")
-"""Data set names :func:`load_splits` accepts."""
 
 TEST_FRACTION = 0.2
 """Share of each class carved as the test split when a source has no test part of its own."""

@@ -11,16 +11,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
-from exitnas.data.load import DATASETS
 from exitnas.errors import ConfigError
 from exitnas.spaces._parse import from_dict, to_dict
 from exitnas.spaces.presets import make_preset
 from exitnas.spaces.space import SearchSpace
 
-__all__ = ["DataConfig", "SearchConfig", "StudyConfig", "TrainingConfig", "load_study"]
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "SearchConfig",
+    "StudyConfig",
+    "TrainingConfig",
+    "load_study",
+]
+
+DATASETS = ("digits", "cifar10", "folder")  # exitnas.data.load_splits reads each of them
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,10 @@ class TrainingConfig:
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr: {self.min_lr} must not exceed lr {self.lr}")
         try:
-            torch.device(self.device)
+            if self.device != "cpu":  # torch only where a study asks for another device
+                import torch
+
+                torch.device(self.device)
         except RuntimeError:
             raise ConfigError(
                 f"device: {self.device!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps"
