@@ -56,9 +56,6 @@ HeadTraining = Literal["joint", "detached"]
 SANDWICH_PATHS: tuple[str, ...] = typing.get_args(SandwichPath)
 # designs whose configs a new search evaluates first: the plain ViT and the presets
 SeedDesign = Literal["standalone", "ravit", "cfvit", "supervit", "multi_exit_vit"]
-SEED_DESIGNS: tuple[str, ...] = typing.get_args(SeedDesign)
-
-
 # training fields added after runs were trained without them, and their defaults
 _ADDED_LATER = {"teacher_weight": 1.0}
 
