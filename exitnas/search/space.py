@@ -42,7 +42,7 @@ def suggest(
     for i, (resolution, patch) in enumerate(chain):
         keep = _choose(trial, f"b{i}_keep_rate", space.keep_rates)
         refine: float | None = None
-        if i > 0 and space.refine_fractions and (resolution // patch) % branches[-1].grid == 0:
+        if i > 0 and _asks_refine(space, branches[-1].grid, resolution // patch):
             choice = trial.suggest_categorical(f"b{i}_refine", [None, *space.refine_fractions])
             refine = None if choice is None else float(choice)
         last = trial.suggest_categorical(f"b{i}_last_exit", list(space.exit_layers))
@@ -60,6 +60,12 @@ def suggest(
         trial.suggest_float(f"t_b{b}_l{exit_.layer}", 0.0, 1.0) for b, exit_ in config.exits[:-1]
     )
     return config, ExitRule(rule, thresholds)
+
+
+def _asks_refine(space: SearchSpace, previous_grid: int, grid: int) -> bool:
+    """Whether a branch after one of ``previous_grid`` tokens a side chooses a refine fraction
+    (its grid must split the previous one's patches evenly)."""
+    return bool(space.refine_fractions) and grid % previous_grid == 0
 
 
 def _choose(trial: optuna.trial.BaseTrial, name: str, choices: Sequence):
@@ -95,8 +101,7 @@ def config_params(config: SubnetConfig, rule: ExitRule, space: SearchSpace) -> d
     for i, branch in enumerate(config.branches):
         if len(space.keep_rates) > 1:
             params[f"b{i}_keep_rate"] = branch.keep_rate
-        previous = config.branches[i - 1] if i else None
-        if previous and space.refine_fractions and branch.grid % previous.grid == 0:
+        if i > 0 and _asks_refine(space, config.branches[i - 1].grid, branch.grid):
             params[f"b{i}_refine"] = branch.refine_fraction
         last = branch.exits[-1].layer
         params[f"b{i}_last_exit"] = last
