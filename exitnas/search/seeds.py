@@ -49,6 +49,7 @@ def seed_trials(study: StudyConfig) -> list[tuple[str, dict[str, Any]]]:
     space, rules = study.space, study.search.rules
     seeds: list[tuple[str, dict[str, Any]]] = []
     for design in seed_designs(study):
+        configs: tuple[SubnetConfig, ...]
         if design == "standalone":
             standalone = space.standalone()
             branch = replace(standalone.branches[0], exits=standalone.branches[0].exits[-1:])
