@@ -44,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
         study.seed,
         cache_dir=args.cache_dir,
         download=data_cfg.download,
+        in_chans=study.space.in_chans,
+        num_classes=study.space.num_classes,
     )
     try:
         summary = train_supernet(
@@ -120,7 +122,7 @@ def _search(args: argparse.Namespace) -> int:
     print(
         f"study {summary.study_name!r} in {summary.storage}: +{summary.trials_added} trials "
         f"({summary.trials_complete} complete) in {summary.seconds:.1f} s; "
-        f"{summary.pareto_size} trials on the Pareto front, hypervolume "
+        f"{summary.pareto_size} points on the Pareto front, hypervolume "
         f"{summary.hypervolume:.2f}; architectures "
         f"cached {summary.cache_hits}, evaluated {summary.cache_misses} "
         f"({summary.seconds_per_miss:.3f} s each)"

@@ -176,15 +176,47 @@ def _data_without_classes(tmp, run, study, bundle):
     return ["train", str(path), "--out", str(tmp / "out")]
 
 
-def _corrupt_image(tmp, run, study, bundle):
+def image_folder(root: Path, mode: str = "L") -> Path:
+    """train/ and test/ folders of two classes, a and b, of three 12x9 PNGs each."""
     for split in ("train", "test"):
         for label in ("a", "b"):
-            folder = tmp / "imgs" / split / label
+            folder = root / split / label
             folder.mkdir(parents=True)
             for i in range(3):
-                (folder / f"{i}.png").write_bytes(png((12, 9)))
+                (folder / f"{i}.png").write_bytes(png((12, 9), mode))
+    return root
+
+
+def folder_study(tmp: Path, data: Path, in_chans: int = 1, num_classes: int = 2) -> Path:
+    """The quickstart study on an image folder, with the given channels and classes."""
+
+    def change(d: dict) -> None:
+        d["data"].update(dataset="folder", path=str(data))
+        d["space"].update(in_chans=in_chans, num_classes=num_classes)
+
+    return study_with(tmp, change)
+
+
+def _corrupt_image(tmp, run, study, bundle):
+    image_folder(tmp / "imgs")
     (tmp / "imgs" / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    path = study_with(tmp, lambda d: d["data"].update(dataset="folder", path=str(tmp / "imgs")))
+    return ["train", str(folder_study(tmp, tmp / "imgs")), "--out", str(tmp / "out")]
+
+
+def _corrupt_png(tmp, run, study, bundle):
+    image_folder(tmp / "imgs")
+    (tmp / "imgs" / "train" / "b" / "broken.png").write_bytes(b"not a PNG at all")
+    return ["train", str(folder_study(tmp, tmp / "imgs")), "--out", str(tmp / "out")]
+
+
+def _colour_folder_as_grey(tmp, run, study, bundle):
+    image_folder(tmp / "imgs", mode="RGB")
+    return ["train", str(folder_study(tmp, tmp / "imgs", in_chans=1)), "--out", str(tmp / "out")]
+
+
+def _folder_of_other_classes(tmp, run, study, bundle):
+    image_folder(tmp / "imgs")
+    path = folder_study(tmp, tmp / "imgs", num_classes=10)
     return ["train", str(path), "--out", str(tmp / "out")]
 
 
@@ -323,6 +355,9 @@ CASES = [
     ("missing data path", _missing_data, "data path does not exist"),
     ("data without class folders", _data_without_classes, "neither train/test entries"),
     ("truncated image", _corrupt_image, "cannot read image"),
+    ("corrupt PNG", _corrupt_png, "b/broken.png: not an image PIL can identify"),
+    ("colour folder, in_chans 1", _colour_folder_as_grey, "a/0.png is in colour"),
+    ("folder of other classes", _folder_of_other_classes, "space.num_classes: 10"),
     ("out is a file", _out_is_a_file, "exists and is not a folder"),
     ("zero epochs", _zero_epochs, "epochs: 0 must be at least 1"),
     ("zero trials", _zero_trials, "must be at least 1"),
@@ -367,7 +402,7 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(
         code = exit_.code
     assert code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and " object at 0x" not in err
     lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]  # progress bars cleared
     lines = [line for line in lines if line.strip()]
     assert len(lines) == 1, err
@@ -394,6 +429,17 @@ def test_odd_image_sizes_and_channels_are_read_as_rgb_of_the_study_size(tmp_path
     splits = load_splits("folder", tmp_path, 16, 0.25, seed=0, cache_dir=tmp_path / "cache")
     assert splits.train.images.shape[1:] == (3, 16, 16)
     assert splits.test.images.dtype.is_floating_point is False
+
+
+def test_grey_folder_trains_with_one_channel(tmp_path: Path, capsys) -> None:
+    """A grey image folder with space.in_chans: 1 decodes to one channel and trains."""
+    data = image_folder(tmp_path / "imgs")
+    study = folder_study(tmp_path, data, in_chans=1)
+    argv = ["train", str(study), "--out", str(tmp_path / "run"), "--quiet", "--stop-at-step", "1"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    (cached,) = (tmp_path / "cache").glob("train-*.npz")
+    with np.load(cached) as arrays:
+        assert arrays["images"].shape == (6, 1, 16, 16)
 
 
 # -- the Python API ----------------------------------------------------------------------------

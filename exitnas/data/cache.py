@@ -39,7 +39,7 @@ def cache_file(cache_dir: Path, label: str, key: Mapping[str, Any]) -> Path:
         cache_dir: folder holding cache files.
         label: readable name of the source (e.g. ``train.tar``), used as the file name prefix.
         key: JSON-serialisable description of everything the decoded arrays depend on
-            (resolved path, file sizes and mtimes, image size).
+            (resolved path, file sizes and mtimes, image size, channels).
 
     Returns:
         ``cache_dir / "<label>-<hash of key>.npz"``.
@@ -55,6 +55,7 @@ def cached_arrays(
     label: str,
     key: Mapping[str, Any],
     image_size: int,
+    in_chans: int,
     build: Callable[[], ImageArrays],
 ) -> ImageArrays:
     """Loads decoded arrays from the cache, or builds and caches them.
@@ -67,6 +68,7 @@ def cached_arrays(
         label: readable name of the source.
         key: everything the arrays depend on, see :func:`cache_file`.
         image_size: expected side of the cached images, checked on load.
+        in_chans: expected channels of the cached images, checked on load.
         build: decodes the source; called only on a cache miss.
 
     Returns:
@@ -74,7 +76,7 @@ def cached_arrays(
     """
     file = cache_file(cache_dir, label, key)
     if file.exists():
-        arrays = _load(file, image_size)
+        arrays = _load(file, (in_chans, image_size, image_size))
         if arrays is not None:
             return arrays
     arrays = build()
@@ -82,7 +84,7 @@ def cached_arrays(
     return arrays
 
 
-def _load(file: Path, image_size: int) -> ImageArrays | None:
+def _load(file: Path, image_shape: tuple[int, int, int]) -> ImageArrays | None:
     try:
         with np.load(file, allow_pickle=False) as archive:
             images, labels = archive["images"], archive["labels"]
@@ -93,7 +95,7 @@ def _load(file: Path, image_size: int) -> ImageArrays | None:
     valid = (
         images.dtype == np.uint8
         and images.ndim == 4
-        and images.shape[2:] == (image_size, image_size)
+        and images.shape[1:] == image_shape  # (C, H, W)
         and labels.dtype == np.int64
         and labels.shape == (len(images),)
         and len(labels) > 0

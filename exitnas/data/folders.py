@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,7 +16,7 @@ from exitnas.data.errors import DataError
 from exitnas.data.images import IMAGE_SUFFIXES, decode_image
 from exitnas.data.splits import ImageArrays
 
-__all__ = ["Source", "decode_source", "find_sources", "fingerprint"]
+__all__ = ["Source", "check_classes", "decode_source", "find_sources", "fingerprint"]
 
 _LAYOUTS = (
     "a directory with train and test entries (class-per-folder directories or .tar files), "
@@ -68,18 +68,23 @@ def find_sources(path: str | os.PathLike[str]) -> tuple[Source, Source | None]:
     raise DataError(f"data path {root} has neither train/test entries nor class folders")
 
 
-def fingerprint(source: Source, image_size: int) -> dict[str, Any]:
+def fingerprint(source: Source, image_size: int, in_chans: int) -> dict[str, Any]:
     """Describes everything the decoded arrays of a source depend on, as a cache key.
 
     Args:
         source: the directory or archive.
         image_size: side of the decoded square images.
+        in_chans: channels the images are decoded to (1 or 3).
 
     Returns:
-        JSON-serialisable dict: resolved path, image size, and size and mtime of the archive or
-        of every image file.
+        JSON-serialisable dict: resolved path, image size, channels, and size and mtime of the
+        archive or of every image file.
     """
-    key: dict[str, Any] = {"path": str(source.path), "image_size": image_size}
+    key: dict[str, Any] = {
+        "path": str(source.path),
+        "image_size": image_size,
+        "in_chans": in_chans,
+    }
     if source.is_tar:
         stat = source.path.stat()
         key["files"] = [[source.path.name, stat.st_size, stat.st_mtime_ns]]
@@ -92,43 +97,76 @@ def fingerprint(source: Source, image_size: int) -> dict[str, Any]:
     return key
 
 
-def decode_source(source: Source, image_size: int) -> ImageArrays:
-    """Decodes every image of a source to RGB, with a progress bar.
+def decode_source(
+    source: Source, image_size: int, in_chans: int = 3, num_classes: int | None = None
+) -> ImageArrays:
+    """Decodes every image of a source to grey or RGB, with a progress bar.
+
+    The class folders are counted before any image is decoded, and images are decoded in
+    sorted order, so a wrong class count or a colour image in a grey data set is refused
+    at once.
 
     Args:
         source: the directory or archive.
         image_size: side of the square output images.
+        in_chans: 1 (grey; a colour image is refused) or 3 (RGB; grey images are repeated).
+        num_classes: the class count the study expects, checked first; None checks nothing.
 
     Returns:
         Arrays with class names sorted by folder name and labels indexing them.
     """
     if not source.is_tar:
         files = _dir_files(source.path)
+        check_classes({cls for cls, _ in files}, num_classes, source.path)
         blobs = ((f"file {path}", _read_file(path)) for _, path in files)
-        return _decode_all([cls for cls, _ in files], blobs, image_size, source.path.name)
+        classes = [cls for cls, _ in files]
+        return _decode_all(classes, blobs, image_size, in_chans, source.path.name)
     try:
         with tarfile.open(source.path) as tar:
             members = _tar_members(tar, source.path)
             classes = [str(_class_of(member.name)) for member in members]
+            check_classes(set(classes), num_classes, source.path)
             blobs = (
                 (f"member {m.name!r} of {source.path}", _read_member(tar, m, source.path))
                 for m in members
             )
-            return _decode_all(classes, blobs, image_size, source.path.name)
+            return _decode_all(classes, blobs, image_size, in_chans, source.path.name)
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot read tar archive {source.path}: {err}") from err
 
 
+def check_classes(class_names: Collection[str], num_classes: int | None, path: Path) -> None:
+    """Refuses a source whose class count is not the study's.
+
+    Args:
+        class_names: the source's class folder names.
+        num_classes: the class count the study expects; None checks nothing.
+        path: the source, for the message.
+    """
+    if num_classes is None or len(class_names) == num_classes:
+        return
+    names = sorted(class_names)
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise DataError(
+        f"{path} has {len(names)} classes ({shown}) but the study says space.num_classes: "
+        f"{num_classes}; set it to {len(names)} or point the data at the right folder"
+    )
+
+
 def _decode_all(
-    classes: list[str], blobs: Iterator[tuple[str, bytes]], image_size: int, label: str
+    classes: list[str],
+    blobs: Iterator[tuple[str, bytes]],
+    image_size: int,
+    in_chans: int,
+    label: str,
 ) -> ImageArrays:
     class_names = tuple(sorted(set(classes)))
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[name] for name in classes], dtype=np.int64)
-    images = np.empty((len(classes), 3, image_size, image_size), np.uint8)
+    images = np.empty((len(classes), in_chans, image_size, image_size), np.uint8)
     with tqdm(blobs, total=len(classes), desc=f"decoding {label}", unit="img", leave=False) as bar:
         for i, (name, data) in enumerate(bar):
-            images[i] = decode_image(data, name, image_size)  # (3, H, W)
+            images[i] = decode_image(data, name, image_size, in_chans)  # (C, H, W)
     return ImageArrays(images, labels, class_names)
 
 

@@ -11,6 +11,7 @@ from exitnas.data import cache, folders
 from exitnas.data.cifar import download_cifar10
 from exitnas.data.digits import load_digit_arrays
 from exitnas.data.errors import DataError
+from exitnas.data.images import CHANNELS
 from exitnas.data.splits import DataSplits, ImageArrays, channel_stats, stratified_carve
 from exitnas.spaces.study import DATASETS  # the data set names load_splits accepts
 
@@ -21,6 +22,8 @@ TEST_FRACTION = 0.2
 """Share of each class carved as the test split when a source has no test part of its own."""
 
 _TEST_STREAM, _VAL_STREAM = 1, 2  # independent random streams per seed for the two carvings
+# (channels, classes) of the built-in data sets, checked before anything is loaded
+_BUILT_IN = {"digits": (1, 10), "cifar10": (3, 10)}
 
 
 def load_splits(
@@ -31,13 +34,17 @@ def load_splits(
     seed: int,
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
+    in_chans: int | None = None,
+    num_classes: int | None = None,
 ) -> DataSplits:
     """Loads a data set as uint8 train, validation and test splits in memory.
 
     The validation split is a stratified ``val_fraction`` of the training data (the returned
     ``train`` excludes it); sources without a test part (digits, a single folder or tar) get a
     stratified 20% test split first. Both carvings depend only on ``seed``. Decoded folders and
-    tars are cached under ``cache_dir``, keyed by path, file sizes, mtimes and ``image_size``.
+    tars are cached under ``cache_dir``, keyed by path, file sizes, mtimes, ``image_size`` and
+    channels. ``in_chans`` and ``num_classes`` (the study's) are checked before any image is
+    decoded: a folder's class count, then each image as it is decoded.
 
     Args:
         dataset: ``"digits"`` (scikit-learn, 8x8 grey), ``"cifar10"`` or ``"folder"``.
@@ -51,6 +58,12 @@ def load_splits(
         cache_dir: folder for decoded-image caches and downloads; ``~/.cache/exitnas`` if None.
         download: for ``cifar10`` without ``path``: download it with torchvision into
             ``cache_dir``. Ignored otherwise.
+        in_chans: channels to decode folders and tars to: 1 (grey; a colour image is
+            refused) or 3 (RGB; grey images get 3 equal channels). None: the source's own
+            (1 for digits, 3 otherwise). Digits are grey and CIFAR-10 is colour: the other
+            count is refused.
+        num_classes: the class count the study expects, refused before decoding when the
+            data has another; None checks nothing.
 
     Returns:
         The splits, with class names, channel count and train mean/std in [0, 1] units.
@@ -60,12 +73,15 @@ def load_splits(
         >>> splits.train.images.shape[1:], splits.num_classes
         (torch.Size([1, 8, 8]), 10)
     """
-    _check_arguments(dataset, path, image_size, val_fraction, seed)
+    _check_arguments(dataset, path, image_size, val_fraction, seed, in_chans)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+    if dataset == "digits" or (dataset == "cifar10" and path is None and download):
+        _check_built_in(dataset, in_chans, num_classes)
     if dataset == "digits":
         train, test = _carve_test(load_digit_arrays(image_size), seed)
     elif path is not None:
-        train, test = _load_folder(path, image_size, seed, root)
+        chans = 3 if in_chans is None else in_chans
+        train, test = _load_folder(path, image_size, seed, root, chans, num_classes)
     elif dataset == "cifar10" and download:
         train, test = download_cifar10(root, image_size)
     elif dataset == "cifar10":
@@ -97,6 +113,7 @@ def _check_arguments(
     image_size: int,
     val_fraction: float,
     seed: int,
+    in_chans: int | None,
 ) -> None:
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -108,16 +125,41 @@ def _check_arguments(
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+    if in_chans is not None and in_chans not in CHANNELS:
+        raise DataError(
+            f"space.in_chans: {in_chans} is not a channel count images decode to; "
+            "allowed: 1 (grey) or 3 (RGB)"
+        )
+
+
+def _check_built_in(dataset: str, in_chans: int | None, num_classes: int | None) -> None:
+    chans, classes = _BUILT_IN[dataset]
+    if in_chans is not None and in_chans != chans:
+        kind = "grey" if chans == 1 else "colour"
+        raise DataError(
+            f"dataset {dataset!r} is {kind} ({chans} channel{'s' * (chans > 1)}) but the study "
+            f"says space.in_chans: {in_chans}; set it to {chans}"
+        )
+    if num_classes is not None and num_classes != classes:
+        raise DataError(
+            f"dataset {dataset!r} has {classes} classes but the study says space.num_classes: "
+            f"{num_classes}; set it to {classes}"
+        )
 
 
 def _load_folder(
-    path: str | os.PathLike[str], image_size: int, seed: int, cache_dir: Path
+    path: str | os.PathLike[str],
+    image_size: int,
+    seed: int,
+    cache_dir: Path,
+    in_chans: int,
+    num_classes: int | None,
 ) -> tuple[ImageArrays, ImageArrays]:
     train_source, test_source = folders.find_sources(path)
-    train = _decode_cached(train_source, image_size, cache_dir)
+    train = _decode_cached(train_source, image_size, cache_dir, in_chans, num_classes)
     if test_source is None:
         return _carve_test(train, seed)
-    test = _decode_cached(test_source, image_size, cache_dir)
+    test = _decode_cached(test_source, image_size, cache_dir, in_chans, None)  # as train's
     if test.class_names != train.class_names:
         raise DataError(
             f"train and test have different classes: train {list(train.class_names)}, "
@@ -126,14 +168,23 @@ def _load_folder(
     return train, test
 
 
-def _decode_cached(source: folders.Source, image_size: int, cache_dir: Path) -> ImageArrays:
-    return cache.cached_arrays(
+def _decode_cached(
+    source: folders.Source,
+    image_size: int,
+    cache_dir: Path,
+    in_chans: int,
+    num_classes: int | None,
+) -> ImageArrays:
+    arrays = cache.cached_arrays(
         cache_dir,
         label=source.path.name,
-        key=folders.fingerprint(source, image_size),
+        key=folders.fingerprint(source, image_size, in_chans),
         image_size=image_size,
-        build=lambda: folders.decode_source(source, image_size),
+        in_chans=in_chans,
+        build=lambda: folders.decode_source(source, image_size, in_chans, num_classes),
     )
+    folders.check_classes(arrays.class_names, num_classes, source.path)  # a cache hit too
+    return arrays
 
 
 def _carve_test(arrays: ImageArrays, seed: int) -> tuple[ImageArrays, ImageArrays]:

@@ -49,6 +49,20 @@ def _make_tar(file: Path, seed: int, classes: tuple[str, ...] = CLASSES) -> Path
     return file
 
 
+def _make_grey_tree(root: Path, seed: int) -> Path:
+    """Grey images: mode L, and one per class saved as RGB with three equal channels."""
+    rng = np.random.default_rng(seed)
+    for cls in CLASSES:
+        (root / cls).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            pixels = rng.integers(0, 256, size=(SIDE, SIDE), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            if i == 0:
+                image = image.convert("RGB")
+            image.save(root / cls / f"{i:03d}.png")
+    return root
+
+
 def _load(path: Path | None, cache: Path, **overrides: object) -> DataSplits:
     arguments: dict[str, object] = {
         "dataset": "folder",
@@ -191,6 +205,68 @@ def test_ignores_non_image_files(tmp_path: Path, cache: Path) -> None:
     assert len(splits.train) + len(splits.val) + len(splits.test) == 3 * PER_CLASS
 
 
+# channels
+
+
+@pytest.mark.parametrize("layout", ["directory", "tar"])
+def test_grey_folder_decodes_to_one_channel(tmp_path: Path, cache: Path, layout: str) -> None:
+    path = _make_grey_tree(tmp_path / "grey", seed=1)
+    if layout == "tar":
+        with tarfile.open(tmp_path / "grey.tar", "w") as tar:
+            tar.add(path, arcname=".")
+        path = tmp_path / "grey.tar"
+    grey = _load(path, cache, in_chans=1)
+    _check_splits(grey, image_size=SIDE, in_chans=1)
+    rgb = _load(path, cache, in_chans=3)  # the same images, as 3 equal channels
+    _check_splits(rgb, image_size=SIDE, in_chans=3)
+    for name in ("train", "val", "test"):
+        images = getattr(rgb, name).images
+        assert torch.equal(images, getattr(grey, name).images.expand_as(images))
+
+
+def test_cache_key_includes_channels(tmp_path: Path, cache: Path) -> None:
+    path = _make_grey_tree(tmp_path / "grey", seed=1)
+    _load(path, cache, in_chans=3)
+    splits = _load(path, cache, in_chans=1)  # not the 3-channel cache file
+    assert splits.in_chans == 1
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_colour_image_refused_with_one_channel(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _make_tree(tmp_path / "flat", seed=1)  # cat/000.png is grey, cat/001.png colour
+    calls: list[str] = []
+
+    def counting(data: bytes, name: str, image_size: int, in_chans: int) -> np.ndarray:
+        calls.append(name)
+        return decode_image(data, name, image_size, in_chans)
+
+    monkeypatch.setattr(folders_module, "decode_image", counting)
+    with pytest.raises(DataError) as info:
+        _load(path, cache, in_chans=1)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"image file {path / 'cat' / '001.png'} is in colour" in message
+    assert "set space.in_chans: 3" in message
+    assert len(calls) == 2  # refused at the first colour image, not after decoding them all
+    assert not list(cache.glob("*.npz"))
+
+
+def test_class_count_checked_before_decoding(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _make_tree(tmp_path / "flat", seed=1)
+
+    def fail(*args: object) -> np.ndarray:
+        raise AssertionError("decoded although the class count is wrong")
+
+    monkeypatch.setattr(folders_module, "decode_image", fail)
+    match = r"has 3 classes \(cat, dog, emu\) but the study says space.num_classes: 10"
+    with pytest.raises(DataError, match=match):
+        _load(path, cache, num_classes=10)
+
+
 # cache
 
 
@@ -221,9 +297,9 @@ def test_cache_invalidated_by_changed_file(
     (path / "cat" / "extra.png").write_bytes(_png(np.random.default_rng(9)))
     calls: list[str] = []
 
-    def counting(data: bytes, name: str, image_size: int) -> np.ndarray:
+    def counting(data: bytes, name: str, image_size: int, in_chans: int) -> np.ndarray:
         calls.append(name)
-        return decode_image(data, name, image_size)
+        return decode_image(data, name, image_size, in_chans)
 
     monkeypatch.setattr(folders_module, "decode_image", counting)
     splits = _load(path, cache)
@@ -257,6 +333,13 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, cache: Path, garbage: bytes) -
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"path": None}, "dataset 'folder' needs a path"),
         ({"dataset": "cifar10", "path": None}, "pass --data .* or allow download"),
+        ({"in_chans": 2}, "space.in_chans: 2 is not a channel count images decode to"),
+        ({"dataset": "digits", "path": None, "in_chans": 3}, "'digits' is grey .* set it to 1"),
+        ({"dataset": "digits", "path": None, "num_classes": 5}, "'digits' has 10 classes"),
+        (
+            {"dataset": "cifar10", "path": None, "download": True, "in_chans": 1},
+            "'cifar10' is colour .* set it to 3",
+        ),
     ],
 )
 def test_bad_arguments(cache: Path, overrides: dict[str, object], match: str) -> None:
@@ -320,6 +403,25 @@ def test_unreadable_image_in_directory(tmp_path: Path, cache: Path) -> None:
     (path / "dog" / "broken.jpg").write_bytes(b"definitely not a jpeg")
     with pytest.raises(DataError, match="cannot read image file .*dog/broken.jpg"):
         _load(path, cache)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("signature", "not an image PIL can identify"), ("truncate", "truncated")],
+)
+def test_corrupt_png_message_names_the_file_and_no_object(
+    tmp_path: Path, cache: Path, damage: str, reason: str
+) -> None:
+    path = _make_tree(tmp_path / "flat", seed=1)
+    data = _png(np.random.default_rng(0))
+    broken = b"garbage!" + data[8:] if damage == "signature" else data[: len(data) // 2]
+    (path / "dog" / "broken.png").write_bytes(broken)
+    with pytest.raises(DataError) as info:
+        _load(path, cache)
+    message = str(info.value)
+    assert message.startswith(f"cannot read image file {path / 'dog' / 'broken.png'}: ")
+    assert reason in message
+    assert "object at 0x" not in message and "<" not in message
 
 
 def test_unreadable_image_in_tar(tmp_path: Path, cache: Path) -> None:
