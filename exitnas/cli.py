@@ -3,6 +3,12 @@
 Every error a user can cause prints one line (``exitnas: error: ...``) and exits with code 2,
 without a traceback. The first Ctrl-C (or SIGTERM) stops training after the current step and
 writes a checkpoint, exit code 130; a second Ctrl-C stops at once (the last checkpoint stays).
+Ctrl-C during a search fails the running trial (the completed ones are kept) and prints one
+line: where it stopped and how to resume; exit code 130.
+
+Building the parser imports no torch, Optuna, SQLAlchemy, scikit-learn or plotly (each
+subcommand's handler imports what it needs), so ``--help`` and a study file's mistake take a
+fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,21 +20,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from exitnas.argtypes import at_least
+from exitnas.argtypes import add_threads_argument, at_least
 from exitnas.errors import ExitnasError
 from exitnas.spaces.study import SAMPLERS
+from exitnas.threads import register
 
 __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from exitnas.data import load_splits
     from exitnas.spaces import load_study
+
+    study = load_study(args.study).with_overrides(
+        epochs=args.epochs, device=args.device, num_threads=args.threads
+    )  # before the heavy imports: a study file's mistake is reported at once
+
+    from exitnas.data import load_splits
     from exitnas.supernet import TrainingInterrupted, train_supernet
     from exitnas.supernet.distributed import init_distributed
     from exitnas.supernet.train import check_target
 
-    study = load_study(args.study).with_overrides(epochs=args.epochs, device=args.device)
     ranks, device = init_distributed(study.training.device)  # several under torchrun
     study = study.with_overrides(device=device)
     if args.data is not None:
@@ -46,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         download=data_cfg.download,
         in_chans=study.space.in_chans,
         num_classes=study.space.num_classes,
+        progress=not args.quiet,
     )
     try:
         summary = train_supernet(
@@ -84,12 +96,13 @@ def _study_with_data(args: argparse.Namespace):
 
 
 def _search(args: argparse.Namespace) -> int:
+    study = _study_with_data(args).with_overrides(num_threads=args.threads)  # fast: no torch
+
     import optuna
 
-    from exitnas.search import run_search
+    from exitnas.search import SearchInterrupted, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
-    study = _study_with_data(args)
     if args.sampler:
         study = replace(study, search=replace(study.search, sampler=args.sampler))
     run = Path(args.run) if args.run else Path("runs") / study.name
@@ -109,16 +122,20 @@ def _search(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        summary = run_search(
-            study,
-            run,
-            trials=args.trials,
-            until=args.until,
-            storage=args.storage,
-            workers=args.workers,
-            device=args.device,
-            progress=not args.quiet,
-        )
+        try:
+            summary = run_search(
+                study,
+                run,
+                trials=args.trials,
+                until=args.until,
+                storage=args.storage,
+                workers=args.workers,
+                device=args.device,
+                progress=not args.quiet,
+            )
+        except SearchInterrupted as stop:
+            print(f"exitnas: {stop}; {_resume_hint(args, stop.target)}", file=sys.stderr)
+            return 130
     print(
         f"study {summary.study_name!r} in {summary.storage}: +{summary.trials_added} trials "
         f"({summary.trials_complete} complete) in {summary.seconds:.1f} s; "
@@ -139,6 +156,14 @@ def _search(args: argparse.Namespace) -> int:
             "(workers died): run the command again to finish"
         )
     return 0
+
+
+def _resume_hint(args: argparse.Namespace, target: int) -> str:
+    """How to finish an interrupted ``exitnas search`` (``--trials`` adds trials anew)."""
+    if args.until is not None:
+        return "run the same command again to resume"
+    instead = " instead of --trials" if args.trials is not None else ""
+    return f"run it again with --until {target}{instead} to resume"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the final linear ones and the reuse modules start fresh; ignored when resuming",
     )
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (~/.cache/exitnas)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(train)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_train)
 
     search = commands.add_parser(
@@ -212,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--run", type=Path, help="run folder (default: runs/<study name>)")
     search.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
-    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(search)
+    search.add_argument("--quiet", action="store_true", help="no progress bars")
     search.set_defaults(handler=_search)
 
     from exitnas.pipeline import add_run_parser
@@ -232,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exitnas`` console script."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):  # a command that computes: others share the CPUs with it
+        register()
     try:
         return args.handler(args)
     except ExitnasError as err:

@@ -46,6 +46,7 @@ class FrontRow:
     mflops: float  # expected MFLOPs per image
     latency_ms: float  # expected ms per image on the profiled device
     exits_used: int  # exits at least one validation image leaves at
+    rule: dict[str, Any]  # its searched exit rule (``ExitRule.to_dict()``)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class PipelineSummary:
     trials_added: int
     trials_complete: int
     front: tuple[FrontRow, ...]
-    answer: dict[str, Any]  # the budget query's answer (``BudgetAnswer.to_dict()``)
+    answer: dict[str, Any]  # the budget query's answer, as in answer.json
+    default_budget: bool  # the study set no budget: the most accurate point's full cost
     bundle: Path
     front_json: Path
     report: Path
@@ -68,8 +70,8 @@ class PipelineSummary:
     def table(self) -> str:
         """The summary as printed: the front, then the chosen bundle."""
         lines = [
-            f"Pareto front of {self.study_name!r} ({self.trials_complete} trials; latency on "
-            f"{self.device!r}, batch size 1):",
+            f"Pareto front of {self.study_name!r} ({self.trials_complete} trials, "
+            f"{len(self.front)} points; latency on {self.device!r}, batch size 1):",
             "  point  trial  val acc   MFLOPs  latency ms  exits used",
         ]
         for row in self.front:
@@ -81,12 +83,23 @@ class PipelineSummary:
         expected = answer["expected"]
         budget = answer["budget"]
         latency = expected["latency_ms"]
+        unit = {"mflops": "MFLOPs", "ms": "ms"}[budget["metric"]]
+        wanted = (
+            "no budget set (the most accurate point)"
+            if self.default_budget
+            else f"budget {budget['value']:g} {unit}/image"
+        )
+        point = self.front[answer["pareto_index"]]
+        rule = answer["rule"]
+        thresholds = ", ".join("never" if t is None else f"{t:.4g}" for t in rule["thresholds"])
+        retuned = rule != point.rule
+        how = f"thresholds ({thresholds}) calibrated for it" if retuned else "its own thresholds"
         lines.append(
-            f"bundle {self.bundle} for budget {budget['value']:g} {budget['metric']}: point "
-            f"{answer['pareto_index']} (trial {answer['trial_number']}), rule "
-            f"{answer['rule']['rule']}, val acc {expected['val_accuracy']:.4f}, "
-            f"{expected['mflops']:.3f} MFLOPs, "
+            f"bundle {self.bundle} for {wanted}: point {answer['pareto_index']} "
+            f"(trial {answer['trial_number']})'s configuration, rule {rule['rule']} at {how}: "
+            f"val acc {expected['val_accuracy']:.4f}, {expected['mflops']:.3f} MFLOPs, "
             + (f"{latency:.3f} ms/image" if latency is not None else "latency n/a")
+            + ", as predict gives on the validation split"
         )
         if self.policy_note:
             lines.append(self.policy_note)
@@ -116,6 +129,7 @@ def run_pipeline(
     trials: int | None = None,
     profile_settings: Any = None,
     progress: bool = True,
+    rule: str | None = None,
 ) -> PipelineSummary:
     """Train, search, profile, fit the policy, export and report one study.
 
@@ -126,6 +140,8 @@ def run_pipeline(
         trials: completed trials the study should hold (default ``search.trials``).
         profile_settings: :class:`~exitnas.policies.profile_cli.ProfileSettings` (defaults).
         progress: progress bars.
+        rule: deploy only this exit rule (a confidence rule or ``learned``); by default the
+            budget query chooses among each configuration's searched rule and the learned one.
 
     Returns:
         The :class:`PipelineSummary`.
@@ -133,10 +149,9 @@ def run_pipeline(
     Raises:
         exitnas.errors.ExitnasError: anything the user can fix (data, budget, foreign run).
     """
-    import numpy as np
     import optuna
 
-    from exitnas.policies.costs import load_device_costs
+    from exitnas.policies.costs import load_device_costs, with_latency
     from exitnas.policies.policy_cli import (
         DEFAULT_POLICY,
         export_query_result,
@@ -162,15 +177,17 @@ def run_pipeline(
     from exitnas.search.storage import open_store, resolve_storage_url
     from exitnas.supernet import train_supernet
     from exitnas.supernet.train import check_target
+    from exitnas.threads import use_threads
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(run_dir)
     seconds: dict[str, float] = {}
     check_target(study, run)
+    use_threads(study.training.num_threads)  # training and search check it again as they go
     clock = time.perf_counter()
 
     data = study.data
-    splits = load_validation(study)
+    splits = load_validation(study, progress)
     train_supernet(study, splits, run, progress=progress)
     seconds["train"] = time.perf_counter() - clock
 
@@ -209,9 +226,12 @@ def run_pipeline(
     seconds["policy"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    # the front the query answers from: the device search's when there is one
+    # the front the query answers from: the device search's when there is one; every number
+    # below (front.json, answer.json, the bundle, the report, the table) is computed once here
     _, optuna_study = load_searched(study, run, url, device)
-    points = pareto_points(optuna_study, study.space)
+    costs = load_device_costs(store, study, device, url)
+    points = with_latency(pareto_points(optuna_study, study.space), costs, study.space)
+    default_budget = study.search.budget_ms is None and study.search.budget_mflops is None
     if study.search.budget_ms is not None:
         budget = Budget("ms", study.search.budget_ms)
     elif study.search.budget_mflops is not None:
@@ -219,8 +239,11 @@ def run_pipeline(
     else:  # no default budget: the most accurate point's full cost
         budget = Budget("mflops", max(sum(p.stage_flops) for p in points) / 1e6)
     policy = None if policy_note else DEFAULT_POLICY
-    result = query_run(run, budget, device=device, storage=url, data=data.path, policy=policy)
+    result = query_run(
+        run, budget, device=device, storage=url, data=data.path, policy=policy, rule=rule
+    )
     answer = result.answer
+    document = result.to_dict()
     deploy = run / DEPLOY
     staging = run / f".{DEPLOY}.new"
     if staging.exists():
@@ -228,24 +251,30 @@ def run_pipeline(
     staging.mkdir(parents=True)
     export_front_json(points, staging / "front.json")
     export_query_result(result, run, staging / "bundle")
-    document = {**answer.to_dict(), "policy": result.policy_name}
     (staging / "answer.json").write_text(json.dumps(document, indent=2) + "\n")
     _replace_dir(staging, deploy)
     seconds["export"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     evaluator = load_evaluator(study, run, url, splits)
-    info = build_report_info(optuna_study, study, evaluator, answer.point.index, answer.rule)
+    info = build_report_info(
+        optuna_study, study, evaluator, answer.point.index, answer.rule, result.policy
+    )
     report = write_report(info, run / "report.html")
     seconds["report"] = time.perf_counter() - clock
 
-    costs = load_device_costs(store, study, device, url)
-    rows = []
-    for p in points:
-        stage_ms = costs.stage_ms(study.space, p.config)[0]
-        latency = float(np.dot(p.exit_fractions, np.cumsum(stage_ms)))
-        used = sum(f > 0 for f in p.exit_fractions)
-        rows.append(FrontRow(p.index, p.trial_number, p.accuracy, p.mflops, latency, used))
+    rows = [
+        FrontRow(
+            p.index,
+            p.trial_number,
+            p.accuracy,
+            p.mflops,
+            float(p.latency_ms),  # type: ignore[arg-type]  # set by with_latency
+            sum(f > 0 for f in p.exit_fractions),
+            p.rule.to_dict(),
+        )
+        for p in points
+    ]
     return PipelineSummary(
         study_name=study.name,
         run_dir=run,
@@ -254,6 +283,7 @@ def run_pipeline(
         trials_complete=complete + added,
         front=tuple(rows),
         answer=document,
+        default_budget=default_budget,
         bundle=deploy / "bundle",
         front_json=deploy / "front.json",
         report=report,
@@ -263,11 +293,14 @@ def run_pipeline(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exitnas.policies.profile_cli import ProfileSettings
     from exitnas.spaces import load_study
+
+    study = load_study(args.study).with_overrides(num_threads=args.threads)  # before torch
+
+    from exitnas.policies.profile_cli import ProfileSettings
+    from exitnas.search.interrupts import SearchInterrupted
     from exitnas.supernet import TrainingInterrupted
 
-    study = load_study(args.study)
     if args.data is not None:
         study = replace(study, data=replace(study.data, path=str(args.data)))
     run = Path(args.out) if args.out else Path("runs") / study.name
@@ -281,8 +314,10 @@ def _run(args: argparse.Namespace) -> int:
             trials=args.trials,
             profile_settings=ProfileSettings(repeats=repeats, passes=min(10, repeats)),
             progress=not args.quiet,
+            rule=args.rule,
         )
-    except TrainingInterrupted as stop:  # Ctrl-C or SIGTERM while training: checkpointed
+    except (TrainingInterrupted, SearchInterrupted) as stop:  # training checkpointed, or
+        # the search's completed trials kept: the same command continues towards its target
         print(f"exitnas: {stop}; run the same command again to resume", file=sys.stderr)
         return 130
     print(summary.table())
@@ -292,7 +327,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     """Register ``exitnas run`` on the main parser's subcommands."""
-    from exitnas.argtypes import at_least
+    from exitnas.argtypes import add_threads_argument, at_least
+    from exitnas.policies.policy_cli import add_rule_argument
 
     run = commands.add_parser(
         "run",
@@ -320,6 +356,8 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         help="timed runs per stage when profiling this machine (default 20; exitnas profile "
         "measures more carefully)",
     )
+    add_threads_argument(run)
+    add_rule_argument(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
     return run

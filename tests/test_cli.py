@@ -193,3 +193,110 @@ def test_search_cli_bad_storage_exits_2(trained_run, tmp_path: Path, capsys) -> 
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot open storage 'nosuch://'" in err and err.count("\n") == 1
+
+
+HEAVY = ("torch", "timm", "optuna", "sqlalchemy", "plotly", "sklearn", "ray", "skops")
+
+
+def test_start_up_imports_no_heavy_library(tmp_path: Path) -> None:
+    """``exitnas --help`` and a study file's mistake import none of the heavy libraries (they
+    cost seconds): the parser is built from light modules, and a study is read first."""
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["training"]["epochz"] = data["training"].pop("epochs")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    script = (
+        "import sys\n"
+        "import exitnas.cli\n"
+        "exitnas.cli.build_parser()\n"
+        "for command in ('train', 'search', 'run'):\n"
+        f"    assert exitnas.cli.main([command, {str(bad)!r}]) == 2\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert result.stderr.count("unknown key 'epochz'") == 3
+
+
+@pytest.mark.parametrize("package", ["data", "policies", "reports", "search", "supernet"])
+def test_lazy_packages_serve_every_public_name(package: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"exitnas.{package}")
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+
+
+INTERRUPT_ON_THIRD_TRIAL = """
+import sys
+
+from exitnas.search import objective
+
+calls = []
+evaluate = objective.SearchObjective.__call__
+
+
+def interrupted(self, trial):
+    calls.append(trial.number)
+    if len(calls) == 3:
+        raise KeyboardInterrupt  # as Ctrl-C would, in the middle of a trial
+    return evaluate(self, trial)
+
+
+objective.SearchObjective.__call__ = interrupted
+from exitnas.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_search_is_one_line_and_resumes(trained_run, tmp_path: Path) -> None:
+    import optuna
+
+    study, run = trained_run
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["search", str(path), "--run", str(run), "--storage", url, "--quiet"]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_ON_THIRD_TRIAL, *args, "--trials", "5"],
+        capture_output=True,
+        text=True,
+        env=TRAIN_ENV,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [
+        "exitnas: search interrupted at trial 2; run it again with --until 5 instead of "
+        "--trials to resume"
+    ]
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.FAIL]
+    assert main([*args, "--until", "5"]) == 0  # the hint's command finishes the study
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+    assert optuna.trial.TrialState.RUNNING not in states
+
+
+def test_ctrl_c_during_the_search_of_exitnas_run_is_one_line(trained_run, tmp_path) -> None:
+    import shutil
+
+    study, trained = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)  # trained already: exitnas run goes on with the search
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    args = ["run", str(path), "--out", str(run), "--trials", "5", "--quiet"]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_ON_THIRD_TRIAL, *args],
+        capture_output=True,
+        text=True,
+        env=TRAIN_ENV,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [
+        "exitnas: search interrupted at trial 2; run the same command again to resume"
+    ]

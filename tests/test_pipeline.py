@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import yaml
 import exitnas
 from exitnas.cli import main
 from exitnas.search.export import read_front_json
-from exitnas.search.rules import exit_indices
+from exitnas.search.rules import confidences, exit_indices, softmax
 from exitnas.search.storage import open_store
 from exitnas.spaces import StudyConfig
 
@@ -99,7 +102,7 @@ def test_a_second_run_keeps_what_is_there(ran, capsys) -> None:
     policy = store.get_policy("tiny-run", "learned")
     argv = ("run", str(path), "--out", str(run), "--device", "cpu", "--quiet")
     assert _main(*argv) == 0
-    assert "(12 trials;" in capsys.readouterr().out  # no trial added
+    assert "(12 trials," in capsys.readouterr().out  # no trial added
     assert store.get_profile("tiny-run", "cpu") == profile  # not re-measured
     assert store.get_policy("tiny-run", "learned") == policy  # not refitted
     assert (run / "deploy" / "bundle" / "manifest.json").is_file()
@@ -123,3 +126,100 @@ def test_bad_input_exits_2(ran, tmp_path: Path, capsys) -> None:
     assert _main("run", str(impossible), "--out", str(run), "--device", "cpu", "--quiet") == 2
     assert "below the cheapest achievable cost" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == before  # nothing replaced
+
+
+@pytest.fixture(scope="module")
+def deployed(trained_run, tmp_path_factory):
+    """The shared tiny run after ``exitnas run`` with 40 random trials and no budget: a front
+    with multi-exit configurations, so that the learned policy is fitted."""
+    from exitnas.spaces.study import SearchConfig
+
+    trained_study, trained = trained_run
+    study = replace(trained_study, search=SearchConfig(trials=40, sampler="random", seeds=()))
+    folder = tmp_path_factory.mktemp("deployed")
+    run = folder / "run"
+    shutil.copytree(trained, run)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study.to_dict()))
+    argv = ["run", str(path), "--out", str(run), "--device", "cpu", "--profile-repeats", "2"]
+    assert main([*argv, "--quiet"]) == 0
+    assert open_store(f"sqlite:///{run / 'study.db'}").get_policy(study.name, "learned")
+    return study, run
+
+
+@pytest.mark.parametrize("rule", ["max_softmax", "learned"])
+def test_every_artefact_states_what_predict_does(deployed, rule: str) -> None:
+    """One source of truth (issue 15): answer.json, the bundle's config.json, front.json, the
+    printed table and the report say about the deployed point exactly what the bundle's
+    ``predict`` does on the validation split: labels and FLOPs exactly, latency to the
+    precision printed."""
+    from exitnas.pipeline import run_pipeline
+    from exitnas.policies.costs import expected_ms, load_device_costs
+    from exitnas.search.runner import load_searched, open_run
+
+    study, run = deployed
+    summary = run_pipeline(study, run, device="cpu", progress=False, rule=rule)
+    deploy = run / "deploy"
+    answer = json.loads((deploy / "answer.json").read_text())
+    assert answer == summary.answer and answer["rule"]["rule"] == rule
+    assert answer["policy"] == ("learned" if rule == "learned" else None)
+
+    bundle = exitnas.load(deploy / "bundle")
+    _, loaded, url = open_run(run)
+    splits, _ = load_searched(loaded, run, url)
+    labels = splits.val.labels.numpy()
+    prediction = bundle.predict(splits.val.images, batch_size=13)
+    # exits and labels: what the stated rule does on the cached logits
+    logits = bundle.logits(splits.val.images)
+    scores = (
+        bundle.policy.scores(logits) if rule == "learned" else confidences(softmax(logits), rule)
+    )
+    exits = exit_indices(scores, bundle.rule.thresholds)
+    np.testing.assert_array_equal(prediction.exits, exits)
+    np.testing.assert_array_equal(
+        prediction.labels, logits.argmax(-1)[exits, np.arange(len(exits))]
+    )
+    accuracy = float(np.mean(prediction.labels == labels))
+    mflops = float(prediction.flops.mean()) / 1e6
+    fractions = np.bincount(prediction.exits, minlength=bundle.config.num_exits) / len(labels)
+    costs = load_device_costs(open_store(url), loaded, "cpu", url)
+    latency = expected_ms(costs.stage_ms(loaded.space, bundle.config)[0], fractions)
+
+    expected = answer["expected"]
+    assert expected["val_accuracy"] == accuracy
+    assert expected["mflops"] == pytest.approx(mflops, rel=1e-12)
+    assert expected["latency_ms"] == pytest.approx(latency, rel=1e-9)
+    np.testing.assert_allclose(expected["exit_fractions"], fractions, rtol=0, atol=1e-12)
+    meta = bundle.meta
+    assert (meta["val_accuracy"], meta["expected_mflops"]) == (accuracy, expected["mflops"])
+    assert meta["exit_fractions"] == expected["exit_fractions"]
+    assert meta["budget_query"] == answer
+    # the printed bundle line, to its printed precision
+    line = next(x for x in summary.table().splitlines() if x.startswith("bundle "))
+    assert f"val acc {accuracy:.4f}, {mflops:.3f} MFLOPs, {latency:.3f} ms/image" in line
+
+    # front.json, the table and the report list the same deduplicated points
+    front = read_front_json(deploy / "front.json")
+    keys = {(p.config.key(), json.dumps(p.rule.to_dict())) for p in front}
+    assert len(keys) == len(front) == len(summary.front)
+    for point, row in zip(front, summary.front, strict=True):
+        assert (point.index, point.trial_number) == (row.index, row.trial_number)
+        assert (point.accuracy, point.mflops, point.latency_ms) == (
+            row.accuracy,
+            row.mflops,
+            row.latency_ms,
+        )
+        ms = costs.stage_ms(loaded.space, point.config)[0]
+        assert point.latency_ms == pytest.approx(expected_ms(ms, point.exit_fractions))
+    html = summary.report.read_text()
+    assert f"{len(front)} points on the Pareto front" in html
+    # the report's trade-off marks the deployed rule's operating point
+    marker = re.search(
+        r'"name":"deployed: ([a-z_]+) at the bundle\'s thresholds",'
+        r'"x":\[([^\]]+)\],"y":\[([^\]]+)\]',
+        html,
+    )
+    assert marker is not None, "the trade-off does not mark the deployed point"
+    assert marker.group(1) == rule
+    assert float(marker.group(2)) == pytest.approx(mflops, rel=1e-9)
+    assert float(marker.group(3)) == pytest.approx(accuracy, rel=1e-9)

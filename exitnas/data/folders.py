@@ -98,7 +98,11 @@ def fingerprint(source: Source, image_size: int, in_chans: int) -> dict[str, Any
 
 
 def decode_source(
-    source: Source, image_size: int, in_chans: int = 3, num_classes: int | None = None
+    source: Source,
+    image_size: int,
+    in_chans: int = 3,
+    num_classes: int | None = None,
+    progress: bool = True,
 ) -> ImageArrays:
     """Decodes every image of a source to grey or RGB, with a progress bar.
 
@@ -111,6 +115,7 @@ def decode_source(
         image_size: side of the square output images.
         in_chans: 1 (grey; a colour image is refused) or 3 (RGB; grey images are repeated).
         num_classes: the class count the study expects, checked first; None checks nothing.
+        progress: show the progress bar.
 
     Returns:
         Arrays with class names sorted by folder name and labels indexing them.
@@ -120,7 +125,7 @@ def decode_source(
         check_classes({cls for cls, _ in files}, num_classes, source.path)
         blobs = ((f"file {path}", _read_file(path)) for _, path in files)
         classes = [cls for cls, _ in files]
-        return _decode_all(classes, blobs, image_size, in_chans, source.path.name)
+        return _decode_all(classes, blobs, image_size, in_chans, source.path.name, progress)
     try:
         with tarfile.open(source.path) as tar:
             members = _tar_members(tar, source.path)
@@ -130,7 +135,7 @@ def decode_source(
                 (f"member {m.name!r} of {source.path}", _read_member(tar, m, source.path))
                 for m in members
             )
-            return _decode_all(classes, blobs, image_size, in_chans, source.path.name)
+            return _decode_all(classes, blobs, image_size, in_chans, source.path.name, progress)
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot read tar archive {source.path}: {err}") from err
 
@@ -159,12 +164,21 @@ def _decode_all(
     image_size: int,
     in_chans: int,
     label: str,
+    progress: bool = True,
 ) -> ImageArrays:
     class_names = tuple(sorted(set(classes)))
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[name] for name in classes], dtype=np.int64)
     images = np.empty((len(classes), in_chans, image_size, image_size), np.uint8)
-    with tqdm(blobs, total=len(classes), desc=f"decoding {label}", unit="img", leave=False) as bar:
+    bar = tqdm(
+        blobs,
+        total=len(classes),
+        desc=f"decoding {label}",
+        unit="img",
+        leave=False,
+        disable=not progress,
+    )
+    with bar:
         for i, (name, data) in enumerate(bar):
             images[i] = decode_image(data, name, image_size, in_chans)  # (C, H, W)
     return ImageArrays(images, labels, class_names)

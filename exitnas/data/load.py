@@ -36,6 +36,7 @@ def load_splits(
     download: bool = False,
     in_chans: int | None = None,
     num_classes: int | None = None,
+    progress: bool = True,
 ) -> DataSplits:
     """Loads a data set as uint8 train, validation and test splits in memory.
 
@@ -64,6 +65,7 @@ def load_splits(
             count is refused.
         num_classes: the class count the study expects, refused before decoding when the
             data has another; None checks nothing.
+        progress: a progress bar while folders and tars are decoded (not on a cache hit).
 
     Returns:
         The splits, with class names, channel count and train mean/std in [0, 1] units.
@@ -81,7 +83,7 @@ def load_splits(
         train, test = _carve_test(load_digit_arrays(image_size), seed)
     elif path is not None:
         chans = 3 if in_chans is None else in_chans
-        train, test = _load_folder(path, image_size, seed, root, chans, num_classes)
+        train, test = _load_folder(path, image_size, seed, root, chans, num_classes, progress)
     elif dataset == "cifar10" and download:
         train, test = download_cifar10(root, image_size)
     elif dataset == "cifar10":
@@ -154,12 +156,14 @@ def _load_folder(
     cache_dir: Path,
     in_chans: int,
     num_classes: int | None,
+    progress: bool = True,
 ) -> tuple[ImageArrays, ImageArrays]:
     train_source, test_source = folders.find_sources(path)
-    train = _decode_cached(train_source, image_size, cache_dir, in_chans, num_classes)
+    train = _decode_cached(train_source, image_size, cache_dir, in_chans, num_classes, progress)
     if test_source is None:
         return _carve_test(train, seed)
-    test = _decode_cached(test_source, image_size, cache_dir, in_chans, None)  # as train's
+    # no class count for test: its classes are compared with train's below
+    test = _decode_cached(test_source, image_size, cache_dir, in_chans, None, progress)
     if test.class_names != train.class_names:
         raise DataError(
             f"train and test have different classes: train {list(train.class_names)}, "
@@ -174,6 +178,7 @@ def _decode_cached(
     cache_dir: Path,
     in_chans: int,
     num_classes: int | None,
+    progress: bool = True,
 ) -> ImageArrays:
     arrays = cache.cached_arrays(
         cache_dir,
@@ -181,7 +186,7 @@ def _decode_cached(
         key=folders.fingerprint(source, image_size, in_chans),
         image_size=image_size,
         in_chans=in_chans,
-        build=lambda: folders.decode_source(source, image_size, in_chans, num_classes),
+        build=lambda: folders.decode_source(source, image_size, in_chans, num_classes, progress),
     )
     folders.check_classes(arrays.class_names, num_classes, source.path)  # a cache hit too
     return arrays

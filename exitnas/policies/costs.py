@@ -13,13 +13,18 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from exitnas.policies.latency import StageLatencyModel
 from exitnas.policies.profile import DeviceProfile, ProfileError, stage_features
+from exitnas.search.export import ParetoPoint
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 
-__all__ = ["DeviceCosts", "load_device_costs", "unknown_device"]
+__all__ = ["DeviceCosts", "expected_ms", "load_device_costs", "unknown_device", "with_latency"]
 
 
 class DeviceCosts:
@@ -63,6 +68,25 @@ class DeviceCosts:
         ms = np.array([self._measured.get((key, f.stage), p) for f, p in pairs])
         self._cache[key] = (ms / self.batch_size, measured)
         return self._cache[key]
+
+
+def expected_ms(stage_ms: ArrayLike, exit_fractions: ArrayLike) -> float:
+    """Expected ms per image: ``sum_k fraction_k * cumsum(stage_ms)[k]``."""
+    return float(np.dot(np.asarray(exit_fractions, float), np.cumsum(np.asarray(stage_ms, float))))
+
+
+def with_latency(
+    points: Sequence[ParetoPoint], costs: DeviceCosts, space: SearchSpace
+) -> list[ParetoPoint]:
+    """``points`` with ``latency_ms`` set from ``costs`` (the device's current profile).
+
+    A device search's trials carry the latency of the profile at search time; this recomputes
+    it, so that the front JSON, the printed table and a budget answer agree on one profile.
+    """
+    return [
+        replace(p, latency_ms=expected_ms(costs.stage_ms(space, p.config)[0], p.exit_fractions))
+        for p in points
+    ]
 
 
 def unknown_device(store, study_name: str, device: str, url: str) -> ProfileError:

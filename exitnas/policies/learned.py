@@ -30,6 +30,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils.validation import check_is_fitted
 
+from exitnas.policies.options import TARGETS
 from exitnas.search.rules import confidences, exit_indices, score_exits, softmax
 
 __all__ = [
@@ -52,7 +53,6 @@ FEATURES = (
     "ensemble_probability",  # mean over this and earlier exits of the predicted class's prob.
     "previous_class_probability",  # previous exit's probability of this prediction (0 at 0)
 )
-TARGETS = ("correct", "final", "oracle")
 
 
 def _check_logits(logits: np.ndarray, min_exits: int = 1) -> np.ndarray:

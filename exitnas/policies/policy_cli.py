@@ -24,9 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exitnas.argtypes import at_least
-from exitnas.policies.learned import TARGETS
-from exitnas.policies.study_policy import ESTIMATORS, PolicyError
+from exitnas.argtypes import add_threads_argument, at_least
+from exitnas.policies.options import ESTIMATORS, TARGETS, PolicyError
+from exitnas.threads import use_threads
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -51,6 +51,22 @@ class QueryResult:
     splits: Any  # DataSplits (normalisation)
     policy_blob: bytes | None  # the deployed policy (skops) when the answer's rule is learned
     policy_name: str | None  # the stored policy offered to the query, if any
+    policy: Any = None  # the StudyPolicy the answer's rule runs, when it is learned
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer as ``policy query`` prints it and ``answer.json`` stores it.
+
+        ``policy`` names the learned policy the chosen rule runs (None for a confidence rule);
+        ``policy_offered`` the stored policy the query could choose.
+        """
+        from exitnas.search.rules import LEARNED
+
+        learned = self.answer.rule.rule == LEARNED
+        return {
+            **self.answer.to_dict(),
+            "policy": self.policy_name if learned else None,
+            "policy_offered": self.policy_name,
+        }
 
 
 def _front_candidates(
@@ -114,6 +130,7 @@ def query_run(
     storage: str | None = None,
     data: Path | None = None,
     policy: str | None = DEFAULT_POLICY,
+    rule: str | None = None,
 ) -> QueryResult:
     """Answer a budget query on a trained and searched run.
 
@@ -125,6 +142,8 @@ def query_run(
         storage, data: as for ``exitnas search``.
         policy: name of a stored learned policy to offer beside the confidence rules (used when
             fitted; ``None``: confidence rules only).
+        rule: offer only this exit rule (``--rule``; see
+            :func:`~exitnas.policies.query.answer_budget`).
 
     Raises:
         ExitnasError: unknown device, stale policy, impossible budget, missing study...
@@ -141,16 +160,17 @@ def query_run(
     key = evaluation_key(run, splits)
     fitted, stored = (None, None)
     if policy is not None:
-        fitted, stored = _load_policy(open_store(url), study, policy, key, required=False)
+        required = rule == LEARNED
+        fitted, stored = _load_policy(open_store(url), study, policy, key, required=required)
     candidates = _front_candidates(study, run, url, splits, optuna_study, costs)
     answer = answer_budget(
-        candidates, splits.val.labels.numpy(), budget, policy=fitted, device=device
+        candidates, splits.val.labels.numpy(), budget, policy=fitted, device=device, rule=rule
     )
-    blob = None
+    blob, used = None, None
     if answer.rule.rule == LEARNED:
         assert fitted is not None  # only offered when fitted
-        blob = policy_to_bytes(fitted, deployed_only=True)
-    return QueryResult(answer, model, study, splits, blob, policy if stored else None)
+        blob, used = policy_to_bytes(fitted, deployed_only=True), fitted
+    return QueryResult(answer, model, study, splits, blob, policy if stored else None, used)
 
 
 def fit_run_policy(
@@ -234,10 +254,9 @@ def export_query_result(result: QueryResult, run: Path, out: Path) -> Path:
     """Write the bundle of a budget query's answer (its config, calibrated rule, policy).
 
     The bundle's ``config.json`` records the answer's expected validation accuracy, MFLOPs,
-    latency and exit fractions, and the whole answer under ``budget_query``. With the learned
-    rule, the expected numbers are out-of-fold estimates (how the thresholds were calibrated);
-    the bundle runs the policy fitted on every validation image, so on those images themselves
-    its exits can differ slightly.
+    latency and exit fractions, and the whole answer under ``budget_query``: what the bundle's
+    ``predict`` gives on the validation split (with the learned rule, the deployed policy's
+    figures; the out-of-fold ones it was chosen on are under ``budget_query.out_of_fold``).
     """
     from dataclasses import replace
 
@@ -263,13 +282,14 @@ def export_query_result(result: QueryResult, run: Path, out: Path) -> Path:
         mean=result.splits.mean,
         std=result.splits.std,
         policy=result.policy_blob,
-        extra={"budget_query": {**answer.to_dict(), "policy": result.policy_name}},
+        extra={"budget_query": result.to_dict()},
     )
 
 
 def _fit(args: argparse.Namespace) -> int:
     from exitnas.search.runner import open_run
 
+    use_threads(args.threads)
     run = Path(args.study)
     _, study, url = open_run(run, args.storage, args.data)
     policy = fit_run_policy(
@@ -300,6 +320,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     import optuna
 
+    use_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = query_run(
         Path(args.study),
@@ -308,10 +329,9 @@ def _query(args: argparse.Namespace) -> int:
         storage=args.storage,
         data=args.data,
         policy=None if args.no_policy else args.name,
+        rule=args.rule,
     )
-    document = result.answer.to_dict()
-    document["policy"] = result.policy_name
-    print(json.dumps(document, indent=2))
+    print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 
@@ -329,6 +349,19 @@ def add_budget_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
     )
     budget.add_argument(
         "--budget-mflops", type=float, metavar="MFLOPS", help="expected MFLOPs per image"
+    )
+
+
+def add_rule_argument(parser: argparse.ArgumentParser) -> None:
+    """``--rule``: offer only one exit rule to a budget query (``policy query``, ``export
+    --budget-...``, ``run``)."""
+    from exitnas.spaces.study import EXIT_RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=(*EXIT_RULES, DEFAULT_POLICY),
+        help="deploy only this exit rule, calibrated for the budget (default: the most "
+        "accurate of each configuration's searched rule and the learned policy)",
     )
 
 
@@ -358,6 +391,7 @@ def add_policy_parser(commands: Any) -> argparse.ArgumentParser:
             metavar="PATH",
             help="image folder or tar tree; overrides data.path",
         )
+        add_threads_argument(parser, study_field=False)
     fit.add_argument("--estimator", choices=ESTIMATORS, default="boosting")
     fit.add_argument(
         "--target",
@@ -371,5 +405,6 @@ def add_policy_parser(commands: Any) -> argparse.ArgumentParser:
     fit.set_defaults(handler=_fit)
     add_budget_arguments(query, required=True)
     query.add_argument("--no-policy", action="store_true", help="offer only the confidence rules")
+    add_rule_argument(query)
     query.set_defaults(handler=_query)
     return policy

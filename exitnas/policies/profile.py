@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitnas.errors import ExitnasError
+from exitnas.policies.options import ProfileError
 from exitnas.spaces import SearchSpace, SubnetConfig
 from exitnas.supernet.cascade import CascadeState, plan_stages
 from exitnas.supernet.checkpoint import atomic_write
@@ -49,10 +49,6 @@ __all__ = [
 
 PROFILE_FORMAT = "exitnas.device_profile"
 PROFILE_VERSION = 2  # 2: stage features gained keeps and reuses
-
-
-class ProfileError(ExitnasError, ValueError):
-    """A device profile file is missing, corrupt, or not a device profile."""
 
 
 @dataclass(frozen=True)

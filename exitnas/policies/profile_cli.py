@@ -22,10 +22,13 @@ import argparse
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exitnas.argtypes import at_least
-from exitnas.policies.profile import DeviceProfile, ProfileError
+from exitnas.policies.options import ProfileError
+
+if TYPE_CHECKING:
+    from exitnas.policies.profile import DeviceProfile
 
 __all__ = ["MIN_CONFIGS", "ProfileSettings", "add_profile_parser", "profile_run"]
 
@@ -82,7 +85,7 @@ def profile_run(
     import torch
     from tqdm.auto import tqdm
 
-    from exitnas.policies.profile import measure_stage_latencies
+    from exitnas.policies.profile import DeviceProfile, measure_stage_latencies
     from exitnas.search.export import pareto_points
     from exitnas.search.objective import file_sha256
     from exitnas.search.runner import load_searched
@@ -104,7 +107,7 @@ def profile_run(
             f"--torch-device {settings.torch_device}: not usable here ({err})"
         ) from None
     check_names(study.name, device_name)
-    splits, optuna_study = load_searched(study, run, url)
+    splits, optuna_study = load_searched(study, run, url, progress=progress)
     store = open_store(url)  # after the study check: a wrong URL creates no database
     if device_name in store.list_devices(study.name) and not replace:
         raise ProfileExistsError(
@@ -165,7 +168,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     )
     started = time.perf_counter()
     profile, configs = profile_run(
-        run, study, model, url, args.device, settings, replace=args.replace
+        run, study, model, url, args.device, settings, replace=args.replace, progress=not args.quiet
     )
     sizes = ",".join(str(b) for b in args.batch_sizes)
     print(
@@ -177,6 +180,7 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
 
 
 def _import(args: argparse.Namespace, run: Path, study: Any, url: str) -> int:
+    from exitnas.policies.profile import DeviceProfile
     from exitnas.search.objective import file_sha256
     from exitnas.search.runner import load_searched_study
     from exitnas.search.storage import open_store
@@ -372,5 +376,6 @@ def add_profile_parser(commands: Any) -> argparse.ArgumentParser:
     profile.add_argument(
         "--data", type=Path, metavar="PATH", help="image folder or tar tree; overrides data.path"
     )
+    profile.add_argument("--quiet", action="store_true", help="no progress bars")
     profile.set_defaults(handler=_profile)
     return profile

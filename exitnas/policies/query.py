@@ -8,6 +8,13 @@ search found are kept on offer too, so the answer is never less accurate than a 
 within the budget. The answer is the (configuration, rule) with the highest validation
 accuracy whose expected cost stays within it (the cheaper one among ties).
 
+The learned rule is calibrated and chosen on out-of-fold scores (each validation image scored
+by a fold policy that never saw it), but a bundle runs the policy fitted on every image. The
+answer's figures (accuracy, MFLOPs, latency, exit fractions) are that deployed policy's on the
+validation split, exactly what ``exitnas.load(bundle).predict`` gives there; the out-of-fold
+figures the choice was made on are kept beside them (``out_of_fold``), and both must meet the
+budget.
+
 The budget is in milliseconds per image on a profiled device (stage latencies at batch size 1,
 measured or predicted by the device's latency model) or in MFLOPs per image.
 
@@ -28,7 +35,15 @@ from exitnas.errors import ExitnasError
 from exitnas.policies.learned import calibrate_thresholds
 from exitnas.policies.study_policy import StudyPolicy
 from exitnas.search.export import ParetoPoint
-from exitnas.search.rules import LEARNED, ExitRule, confidences, exit_indices, score_exits, softmax
+from exitnas.search.rules import (
+    LEARNED,
+    RULES,
+    ExitRule,
+    confidences,
+    exit_indices,
+    score_exits,
+    softmax,
+)
 
 __all__ = ["METRICS", "Budget", "BudgetAnswer", "BudgetError", "Candidate", "answer_budget"]
 
@@ -88,6 +103,9 @@ class BudgetAnswer:
     stage_ms: tuple[float, ...] | None
     latency_source: str | None  # "measured", "predicted" or "measured+predicted"
     options: int  # (configuration, rule) pairs that met the budget
+    # learned rule: out-of-fold (accuracy, MFLOPs) the choice was made on; the figures above
+    # are the deployed policy's (fitted on every validation image), as ``predict`` gives them
+    out_of_fold: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready answer (what ``exitnas policy query`` prints)."""
@@ -108,6 +126,9 @@ class BudgetAnswer:
             "stage_ms": None if self.stage_ms is None else list(self.stage_ms),
             "latency_source": self.latency_source,
             "options_within_budget": self.options,
+            "out_of_fold": None
+            if self.out_of_fold is None
+            else {"val_accuracy": self.out_of_fold[0], "mflops": self.out_of_fold[1]},
         }
 
 
@@ -127,6 +148,7 @@ def answer_budget(
     policy: StudyPolicy | None = None,
     device: str | None = None,
     num_candidates: int = 64,
+    rule: str | None = None,
 ) -> BudgetAnswer:
     """The most accurate (configuration, calibrated rule) within ``budget`` on validation data.
 
@@ -138,16 +160,24 @@ def answer_budget(
             out-of-fold validation scores).
         device: name of the device the stage latencies are from (recorded in the answer).
         num_candidates: threshold candidates per exit (quantiles of the scores).
+        rule: offer only this exit rule (a confidence rule of ``RULES``, or ``learned``, which
+            needs ``policy`` and configurations with two exits or more); by default each
+            configuration's searched rule, and the learned one when a policy is given.
 
     Returns:
         The :class:`BudgetAnswer`.
 
     Raises:
         BudgetError: no candidates, or the budget is below the cheapest achievable cost (every
-            sample at the first exit of the cheapest configuration); the message names it.
+            sample at the first exit of the cheapest configuration), or nothing with ``rule``
+            meets it; the message names it.
     """
     if not candidates:
         raise BudgetError("the Pareto front is empty; run exitnas search")
+    if rule is not None and rule not in (*RULES, LEARNED):
+        raise BudgetError(f"exit rule {rule!r} is not allowed; allowed: {(*RULES, LEARNED)}")
+    if rule == LEARNED and policy is None:
+        raise BudgetError("the learned exit rule needs a fitted policy: run exitnas policy fit")
     labels = np.asarray(labels)
     first_costs = [float(c.stage_cost(budget.metric)[0]) for c in candidates]
     cheapest = int(np.argmin(first_costs))
@@ -159,7 +189,8 @@ def answer_budget(
             f"{candidates[cheapest].point.index}, every image leaving at its first exit)"
         )
 
-    best: tuple[tuple[float, float], Candidate, ExitRule, np.ndarray] | None = None
+    limit = budget.value * (1 + 1e-12)
+    best: tuple[tuple[float, float], Candidate, ExitRule, np.ndarray, np.ndarray] | None = None
     options = 0
     for candidate in candidates:
         cost = candidate.stage_cost(budget.metric)
@@ -168,27 +199,43 @@ def answer_budget(
         logits = candidate.logits
         correct = logits.argmax(axis=-1) == labels[None, :]
         own = candidate.point.rule.rule
-        offers = [(own, confidences(softmax(logits), own))]
-        if policy is not None and logits.shape[0] > 1:
-            offers.append((LEARNED, policy.validation_scores(logits)))
-        for name, scores in offers:
-            calibrated = calibrate_thresholds(scores, correct, cost, budget.value, num_candidates)
+        offers = []
+        if rule is None or rule in RULES:
+            scores = confidences(softmax(logits), rule or own)
+            offers.append((rule or own, scores, scores))
+        if policy is not None and rule in (None, LEARNED) and logits.shape[0] > 1:
+            # calibrated out of fold, run deployed
+            offers.append((LEARNED, policy.validation_scores(logits), policy.scores(logits)))
+        for name, calibration, deployed in offers:
+            calibrated = calibrate_thresholds(
+                calibration, correct, cost, budget.value, num_candidates
+            )
             tries = [calibrated]
             if name == own:  # the searched thresholds too: never worse than the point itself
                 tries.append(np.asarray(candidate.point.rule.thresholds, dtype=np.float64))
             for thresholds in tries:
-                taken = exit_indices(scores, thresholds)
-                outcome = score_exits(taken, correct, np.cumsum(cost))  # "flops": cost units
-                if outcome.expected_flops > budget.value * (1 + 1e-12):
+                # "flops": cost units; the choice is made on the honest (out-of-fold) outcome,
+                # and both it and the deployed policy's must meet the budget
+                estimated = exit_indices(calibration, thresholds)
+                estimate = score_exits(estimated, correct, np.cumsum(cost))
+                taken = exit_indices(deployed, thresholds)
+                runs = score_exits(taken, correct, np.cumsum(cost))
+                if max(estimate.expected_flops, runs.expected_flops) > limit:
                     continue
                 options += thresholds is calibrated
-                key = (outcome.accuracy, -outcome.expected_flops)
+                key = (estimate.accuracy, -estimate.expected_flops)
                 if best is None or key > best[0]:
-                    best = (key, candidate, ExitRule(name, tuple(thresholds.tolist())), taken)
-    assert best is not None  # the cheapest candidate's first exit always fits
-    _, chosen, rule, taken = best
+                    chosen_rule = ExitRule(name, tuple(thresholds.tolist()))
+                    best = (key, candidate, chosen_rule, taken, estimated)
+    if best is None:  # without ``rule``, the cheapest candidate's first exit always fits
+        raise BudgetError(
+            f"no Pareto configuration meets {budget.flag()} with the {rule} exit rule"
+            + (" (it needs two exits or more)" if rule == LEARNED else "")
+        )
+    _, chosen, exit_rule, taken, estimated = best
     correct = chosen.logits.argmax(axis=-1) == labels[None, :]
     flops = score_exits(taken, correct, np.cumsum(chosen.point.stage_flops))
+    estimate = score_exits(estimated, correct, np.cumsum(chosen.point.stage_flops))
     latency = None
     if chosen.stage_ms is not None:
         latency = score_exits(taken, correct, np.cumsum(chosen.stage_ms)).expected_flops
@@ -196,7 +243,7 @@ def answer_budget(
         budget=budget,
         device=device,
         point=chosen.point,
-        rule=rule,
+        rule=exit_rule,
         accuracy=flops.accuracy,
         mflops=flops.expected_flops / 1e6,
         latency_ms=latency,
@@ -204,4 +251,7 @@ def answer_budget(
         stage_ms=None if chosen.stage_ms is None else tuple(float(m) for m in chosen.stage_ms),
         latency_source=_source(chosen.stage_ms_measured),
         options=options,
+        out_of_fold=None
+        if exit_rule.rule != LEARNED
+        else (estimate.accuracy, estimate.expected_flops / 1e6),
     )

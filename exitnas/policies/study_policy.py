@@ -31,8 +31,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from exitnas.errors import ExitnasError
-from exitnas.policies.learned import TARGETS, LearnedExitPolicy, default_estimator
+from exitnas.policies.learned import LearnedExitPolicy, default_estimator
+from exitnas.policies.options import ESTIMATORS, TARGETS, PolicyError
 
 __all__ = [
     "ESTIMATORS",
@@ -44,17 +44,12 @@ __all__ = [
     "policy_to_bytes",
 ]
 
-ESTIMATORS = ("boosting", "logistic")
 POLICY_FORMAT = 1
 # Types skops may rebuild beyond its own default trust (scikit-learn's estimators, NumPy).
 TRUSTED_TYPES = (
     "exitnas.policies.learned.LearnedExitPolicy",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 )
-
-
-class PolicyError(ExitnasError):
-    """A stored or shipped exit policy that is missing, corrupt, untrusted or stale."""
 
 
 def make_estimator(name: str) -> Any:

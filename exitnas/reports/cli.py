@@ -10,16 +10,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from exitnas.reports.info import ReportError
+from exitnas.argtypes import add_threads_argument
+from exitnas.threads import use_threads
 
 __all__ = ["add_report_parser"]
 
 
 def _report(args: argparse.Namespace) -> int:
-    from exitnas.reports.info import build_report_info
+    from exitnas.reports.info import ReportError, build_report_info
     from exitnas.reports.plot import write_report
     from exitnas.search.runner import load_evaluator, load_searched, open_run
 
+    use_threads(args.threads)
     run = Path(args.run_dir)
     _, study, url = open_run(run, args.storage, args.data)
     splits, optuna_study = load_searched(study, run, url)
@@ -55,5 +57,6 @@ def add_report_parser(commands: Any) -> argparse.ArgumentParser:
         "accurate",
     )
     report.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
+    add_threads_argument(report, study_field=False)
     report.set_defaults(handler=_report)
     return report

@@ -160,8 +160,11 @@ def tradeoff_figure(info: TradeoffInfo) -> Any:
             y=[info.accuracy[i]],
             mode="markers",
             marker={"symbol": "star", "size": 18, "color": ACCENT, "line": {"width": 1}},
-            name=f"trial {info.trial_number}'s thresholds",
-            hovertemplate="operating point<br>accuracy %{y:.4f}<br>%{x:.3f} MFLOPs<extra></extra>",
+            name=f"deployed: {info.rule} at the bundle's thresholds"
+            if info.deployed
+            else f"trial {info.trial_number}'s thresholds",
+            hovertemplate=("deployed " if info.deployed else "")
+            + "operating point<br>accuracy %{y:.4f}<br>%{x:.3f} MFLOPs<extra></extra>",
         )
     )
     ends = ((0, "s=0: all leave at exit 1", 50), (-1, "s=1: all reach the last exit", -50))

@@ -7,20 +7,23 @@ draws it, and tests assert on it.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 
 from exitnas.errors import ExitnasError
 from exitnas.reports.tradeoff import TradeoffInfo, tradeoff_info
-from exitnas.search.export import pareto_points
+from exitnas.search.export import front_trials, pareto_points
 from exitnas.search.objective import ArchitectureEvaluator
-from exitnas.search.pareto import pareto_mask
 from exitnas.search.rules import LEARNED, ExitRule
 from exitnas.search.runner import OBJECTIVES, reference_mflops
 from exitnas.search.space import trial_config
 from exitnas.spaces import StudyConfig, SubnetConfig
+
+if TYPE_CHECKING:
+    from exitnas.policies.study_policy import StudyPolicy
 
 __all__ = [
     "ExitDistributionInfo",
@@ -48,7 +51,7 @@ class ParetoInfo:
     trial_numbers: tuple[int, ...]  # completed trials, in trial-number order
     accuracy: tuple[float, ...]
     mflops: tuple[float, ...]  # expected MFLOPs per image
-    front: tuple[bool, ...]  # on the accuracy / MFLOPs Pareto front (duplicates all kept)
+    front: tuple[bool, ...]  # stands for a point of the Pareto front (``front_trials``)
     latency_ms: tuple[float, ...] | None = None  # expected latency, when trials carry it
 
 
@@ -94,24 +97,28 @@ def _complete(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pareto_info(optuna_study: optuna.Study) -> ParetoInfo:
-    """Completed trials' objectives and the accuracy / MFLOPs front.
+    """Completed trials' objectives and which of them stand for the Pareto front's points.
 
     Args:
         optuna_study: a study searched by ``exitnas search``.
 
     Returns:
         The trials in trial-number order; ``latency_ms`` when the study has that objective.
+        ``front`` marks the trials of :func:`~exitnas.search.export.front_trials`, one per
+        distinct point (a point sampled again is not counted twice), so ``sum(front)`` is the
+        number of points in the front JSON and in ``exitnas run``'s table.
     """
     trials = _complete(optuna_study)
     names = list(optuna_study.user_attrs.get("objectives", OBJECTIVES))
     values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), -1)
     accuracy, mflops = values[:, names.index("accuracy")], values[:, names.index("mflops")]
     latency = values[:, names.index("latency_ms")] if "latency_ms" in names else None
+    front = {t.number for t in front_trials(optuna_study)} if trials else set()
     return ParetoInfo(
         trial_numbers=tuple(t.number for t in trials),
         accuracy=tuple(accuracy.tolist()),
         mflops=tuple(mflops.tolist()),
-        front=tuple(pareto_mask(accuracy, mflops).tolist()),
+        front=tuple(t.number in front for t in trials),
         latency_ms=None if latency is None else tuple(latency.tolist()),
     )
 
@@ -178,6 +185,7 @@ def build_report_info(
     evaluator: ArchitectureEvaluator,
     chosen_index: int | None = None,
     chosen_rule: ExitRule | None = None,
+    policy: StudyPolicy | None = None,
 ) -> ReportInfo:
     """Everything a report shows, from a searched study.
 
@@ -185,11 +193,13 @@ def build_report_info(
         optuna_study: the study ``exitnas search`` filled.
         study_cfg: its study file (search space, reference cost).
         evaluator: gives the chosen point's cached logits (``load_evaluator``).
-        chosen_rule: the chosen point's exit rule as deployed (a budget query's calibrated
-            thresholds); its search-time rule by default, and for a learned rule (the
-            trade-off sweeps a confidence rule's thresholds).
         chosen_index: Pareto point (cheapest first) whose trade-off curve is drawn; the most
             accurate one by default.
+        chosen_rule: the chosen point's exit rule as deployed (a budget query's calibrated
+            thresholds): the trade-off sweeps its scores and marks it as deployed. The point's
+            search-time rule by default.
+        policy: the learned policy a ``learned`` ``chosen_rule`` runs (its deployed scores are
+            swept); required with one.
 
     Returns:
         A :class:`ReportInfo`.
@@ -210,13 +220,21 @@ def build_report_info(
     number = points[chosen_index].trial_number
     trial = next(t for t in _complete(optuna_study) if t.number == number)
     config, rule = trial_config(trial, study_cfg.space)
-    if chosen_rule is not None and chosen_rule.rule != LEARNED:
-        rule = chosen_rule
     table, _ = evaluator.table(config)
+    scores = None
+    if chosen_rule is not None:
+        rule = chosen_rule
+        if rule.rule == LEARNED:
+            if policy is None:
+                raise ValueError("a learned chosen_rule needs the policy it runs")
+            scores = policy.scores(evaluator.logits(config)[0])
+    tradeoff = tradeoff_info(table, rule, trial.number, scores=scores)
+    if chosen_rule is not None:
+        tradeoff = replace(tradeoff, deployed=True)
     return ReportInfo(
         study_name=optuna_study.study_name,
         pareto=pareto,
         hypervolume=hypervolume_info(pareto, reference_mflops(study_cfg)),
         exits=exits,
-        tradeoff=tradeoff_info(table, rule, trial.number),
+        tradeoff=tradeoff,
     )

@@ -52,7 +52,7 @@ def draw_report(info: ReportInfo) -> str:
     final = info.hypervolume.hypervolume[-1] if info.hypervolume.hypervolume else 0.0
     name = html.escape(info.study_name)
     summary = (
-        f"{len(info.pareto.trial_numbers)} completed trials, {front} on the Pareto front, "
+        f"{len(info.pareto.trial_numbers)} completed trials, {front} points on the Pareto front, "
         f"hypervolume {final:.4f}"
     )
     body = "\n".join(f"<section>{div}</section>" for div in divs)

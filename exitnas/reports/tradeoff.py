@@ -33,6 +33,7 @@ class TradeoffInfo:
     accuracy: tuple[float, ...]
     mflops: tuple[float, ...]
     operating_index: int  # index of s = 0.5, the point's own operating point
+    deployed: bool = False  # the operating point is the exported bundle's (rule, thresholds)
 
 
 def sweep_thresholds(thresholds: Sequence[float], s: float) -> np.ndarray:
@@ -47,7 +48,11 @@ def sweep_thresholds(thresholds: Sequence[float], s: float) -> np.ndarray:
 
 
 def tradeoff_info(
-    table: ExitTable, rule: ExitRule, trial_number: int, steps: int = 41
+    table: ExitTable,
+    rule: ExitRule,
+    trial_number: int,
+    steps: int = 41,
+    scores: np.ndarray | None = None,
 ) -> TradeoffInfo:
     """Sweep one architecture's thresholds from "all exit first" to "all go to the last exit".
 
@@ -56,6 +61,9 @@ def tradeoff_info(
         rule: the point's own exit rule (its thresholds sit at ``s = 0.5``).
         trial_number: the point's trial.
         steps: sweep positions, odd so that ``s = 0.5`` is one of them.
+        scores: ``(E, N)`` exit scores the thresholds apply to; the table's confidences of
+            ``rule.rule`` by default (a learned rule has no confidence there: pass its
+            policy's scores).
 
     Returns:
         Accuracy and expected MFLOPs at every ``s``.
@@ -63,7 +71,8 @@ def tradeoff_info(
     if steps < 3 or steps % 2 == 0:
         raise ValueError(f"steps: {steps} must be odd and at least 3")
     s_values = np.arange(steps) / (steps - 1)  # exactly 0.5 in the middle
-    conf, samples = table.confidence(rule.rule), np.arange(table.num_samples)
+    conf = table.confidence(rule.rule) if scores is None else np.asarray(scores)
+    samples = np.arange(table.num_samples)
     accuracy, mflops = [], []
     for s in s_values:
         taken = exit_indices(conf, sweep_thresholds(rule.thresholds, float(s)))

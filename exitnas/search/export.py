@@ -46,6 +46,7 @@ __all__ = [
     "check_out_dir",
     "export_bundle",
     "export_front_json",
+    "front_trials",
     "pareto_points",
     "read_front_json",
     "select_point",
@@ -104,6 +105,25 @@ class ParetoPoint:
         )
 
 
+def front_trials(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's Pareto-optimal trials, one per distinct point, in trial-number order.
+
+    Optuna's ``best_trials`` keeps every trial of a point that was sampled again; the first
+    trial of each parameter set stands for it. Parameters map one to one onto (configuration,
+    exit rule, thresholds) (``suggest`` and its inverse ``config_params``), so this is the
+    front deduplicated by those. Every count of "points on the Pareto front" (search summary,
+    report, front JSON, ``exitnas run``'s table) is ``len`` of this list.
+    """
+    seen: set[str] = set()
+    trials = []
+    for trial in sorted(optuna_study.best_trials, key=lambda t: t.number):
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            trials.append(trial)
+    return trials
+
+
 def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[ParetoPoint]:
     """The study's Pareto front, one point per distinct parameter set, cheapest first.
 
@@ -122,13 +142,7 @@ def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[Pareto
     complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ExportError(f"study {optuna_study.study_name!r} has no completed trials; run search")
-    seen: set[str] = set()
-    trials = []
-    for trial in sorted(optuna_study.best_trials, key=lambda t: t.number):
-        key = json.dumps(trial.params, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            trials.append(trial)
+    trials = front_trials(optuna_study)
     trials.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
     points = []
     for index, trial in enumerate(trials):

@@ -11,18 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import optuna
-
-from exitnas.search.export import (
-    ExportError,
-    check_out_dir,
-    export_bundle,
-    export_front_json,
-    pareto_points,
-    select_point,
-)
-from exitnas.search.objective import file_sha256
-from exitnas.search.runner import load_searched, open_run
+from exitnas.argtypes import add_threads_argument
+from exitnas.policies.policy_cli import add_rule_argument
+from exitnas.threads import use_threads
 
 __all__ = ["add_export_parser", "run_export"]
 
@@ -64,35 +55,61 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
         help="the budget query's answer: expected MFLOPs per image",
     )
     export.add_argument(
-        "--device", metavar="NAME", help="a device profiled for the study (with --budget-...)"
+        "--device",
+        metavar="NAME",
+        help="a device profiled for the study: with --budget-..., or with --pareto for each "
+        "point's expected latency",
     )
     export.add_argument(
         "--no-policy", action="store_true", help="budget query: offer only confidence rules"
     )
+    add_rule_argument(export)
     export.add_argument(
         "--storage", help="SQLAlchemy URL (default: the search's, sqlite:///RUN_DIR/study.db)"
     )
     export.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
+    add_threads_argument(export, study_field=False)
     export.set_defaults(handler=run_export)
     return export
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``exitnas export``; prints one summary line and returns 0."""
+    import optuna
+
+    from exitnas.search.export import (
+        ExportError,
+        export_bundle,
+        export_front_json,
+        pareto_points,
+        select_point,
+    )
+    from exitnas.search.objective import file_sha256
+    from exitnas.search.runner import load_searched, open_run
     from exitnas.supernet.train import WEIGHTS
 
+    use_threads(args.threads)
     run = Path(args.study)
     if args.budget_ms is not None or args.budget_mflops is not None:
         return _export_budget(args, run)
-    if args.device is not None:
-        raise ExportError("--device goes with --budget-ms or --budget-mflops")
+    if args.rule is not None:
+        raise ExportError("--rule goes with --budget-ms or --budget-mflops")
+    if args.device is not None and not args.pareto:
+        raise ExportError("--device goes with --pareto, --budget-ms or --budget-mflops")
     model, study, url = open_run(run, args.storage, args.data)
-    splits, optuna_study = load_searched(study, run, url)
+    splits, optuna_study = load_searched(study, run, url, args.device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = pareto_points(optuna_study, study.space)
     if args.pareto:
+        on = ""
+        if args.device is not None:  # each point's expected latency on the device
+            from exitnas.policies.costs import with_latency
+            from exitnas.search.runner import load_latency
+
+            points = with_latency(points, load_latency(study, url, args.device), study.space)
+            on = f", latency on {args.device!r}"
         export_front_json(points, args.out)
-        print(f"Pareto front of {study.name!r}: {len(points)} points -> {args.out}")
+        print(f"Pareto front of {study.name!r}: {len(points)} points{on} -> {args.out}")
         return 0
     point = select_point(points, args.select, args.pareto_index)
     weights_hash = file_sha256(run / WEIGHTS)
@@ -108,12 +125,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export_budget(args: argparse.Namespace, run: Path) -> int:
     """``--budget-...``: export the budget query's answer."""
+    import optuna
+
     from exitnas.policies.policy_cli import (
         DEFAULT_POLICY,
         budget_from_args,
         export_query_result,
         query_run,
     )
+    from exitnas.search.export import check_out_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = check_out_dir(args.out)  # before the query's work
@@ -124,6 +144,7 @@ def _export_budget(args: argparse.Namespace, run: Path) -> int:
         storage=args.storage,
         data=args.data,
         policy=None if args.no_policy else DEFAULT_POLICY,
+        rule=args.rule,
     )
     export_query_result(result, run, out)
     answer = result.answer

@@ -48,6 +48,7 @@ from exitnas.search.space import suggest
 from exitnas.search.storage import open_storage
 from exitnas.search.workers import worker_name
 from exitnas.spaces import SearchSpace, StudyConfig
+from exitnas.threads import use_threads
 
 __all__ = ["RayBackendError", "run_ray_search"]
 
@@ -92,6 +93,7 @@ _WORKERS: dict[tuple[str, str, str | None], _Worker] = {}  # per process: (run, 
 def _worker(study: StudyConfig, run_dir: str, url: str, device: str | None) -> _Worker:
     key = (run_dir, url, device)
     if key not in _WORKERS:
+        use_threads(study.training.num_threads)  # 0: Ray's OMP_NUM_THREADS (its CPUs per trial)
         storage = open_storage(url)
         _WORKERS[key] = _Worker(
             load_evaluator(study, Path(run_dir), url),

@@ -23,22 +23,25 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import optuna
-import torch
 from tqdm.auto import tqdm
 
 from exitnas.data import DataSplits, load_splits
 from exitnas.errors import CheckpointError, ExitnasError
 from exitnas.faults import kill_point
+from exitnas.search.export import front_trials
+from exitnas.search.interrupts import Interrupts, SearchInterrupted, TrialInterrupted
 from exitnas.search.objective import ArchitectureEvaluator, SearchObjective, file_sha256
-from exitnas.search.pareto import hypervolume_2d, pareto_mask
+from exitnas.search.pareto import hypervolume_2d
 from exitnas.search.samplers import create_sampler
 from exitnas.search.seeds import seed_trials
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
@@ -46,12 +49,14 @@ from exitnas.search.workers import StudyTarget, trial_told
 from exitnas.spaces import StudyConfig
 from exitnas.supernet import SuperViT, count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
+from exitnas.threads import holding, register, use_threads
 
 __all__ = [
     "DIRECTIONS",
     "IDENTITY_ATTR",
     "LATENCY_OBJECTIVE",
     "OBJECTIVES",
+    "SearchInterrupted",
     "SearchSummary",
     "evaluation_key",
     "front_stats",
@@ -107,7 +112,7 @@ class SearchSummary:
     storage: str
     trials_added: int  # completed trials the study gained while this command ran
     trials_complete: int  # completed trials in the study now (all processes)
-    pareto_size: int  # trials on the Pareto front
+    pareto_size: int  # distinct points on the Pareto front (front_trials)
     hypervolume: float  # accuracy x MFLOPs dominated below the reference cost
     cache_hits: int  # this command's trials whose architecture was already evaluated
     cache_misses: int  # this command's trials that ran a validation pass
@@ -117,8 +122,9 @@ class SearchSummary:
     workers_lost: int = 0  # worker processes that died (killed) instead of finishing
 
 
-def load_validation(study: StudyConfig) -> DataSplits:
-    """The study's data splits (search, export and report use only ``val``)."""
+def load_validation(study: StudyConfig, progress: bool = True) -> DataSplits:
+    """The study's data splits (search, export and report use only ``val``); ``progress``:
+    a bar while images are decoded."""
     data = study.data
     return load_splits(
         data.dataset,
@@ -127,6 +133,9 @@ def load_validation(study: StudyConfig) -> DataSplits:
         data.val_fraction,
         study.seed,
         download=data.download,
+        in_chans=study.space.in_chans,
+        num_classes=study.space.num_classes,
+        progress=progress,
     )
 
 
@@ -306,15 +315,20 @@ def open_run(
 
 
 def load_searched(
-    study: StudyConfig, run_dir: Path, url: str, device: str | None = None
+    study: StudyConfig,
+    run_dir: Path,
+    url: str,
+    device: str | None = None,
+    progress: bool = True,
 ) -> tuple[DataSplits, optuna.Study]:
     """The data splits and the searched study, checked to be this supernet's and split's.
 
     Args:
         device: prefer the device search ``<study>@<device>`` when there is one (its front
             includes latency); fall back to the study's own search.
+        progress: a bar while images are decoded (a cold decoded-image cache).
     """
-    splits = load_validation(study)
+    splits = load_validation(study, progress)
     key = evaluation_key(run_dir, splits)
     if device is not None:
         if search_study_name(study, device) in study_names(url):
@@ -365,37 +379,129 @@ def _optimize(
     study_dict: dict, run_dir: str, url: str, target: int, threads: int, device: str | None
 ) -> tuple[int, int, float]:
     """One worker process: run trials until the study holds ``target`` completed ones; return
-    cache hits, misses and miss seconds."""
-    torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cache hits, misses and miss seconds.
+
+    Its torch threads: ``threads``, or with 0 automatic: its parent's share of the CPUs
+    divided among the parent's workers (:mod:`exitnas.threads`), checked after every trial.
+    """
     study = StudyConfig.from_dict(study_dict)
+    register(0)  # the parent holds this worker's share
+    use_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluator = load_evaluator(study, Path(run_dir), url)
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
     optuna_study = open_study(
         study, url, sampler, evaluator.weights_hash, device, study.search.heartbeat_seconds
     )
     objective = SearchObjective(evaluator, study.search.rules, load_latency(study, url, device))
-    StudyTarget(optuna_study, target).run(objective)
+    interrupts = Interrupts()
+    try:
+        StudyTarget(optuna_study, target).run(
+            objective, callbacks=[lambda s, t: use_threads(threads)], interrupts=interrupts
+        )
+    except (KeyboardInterrupt, TrialInterrupted):
+        raise interrupts.stopped(optuna_study, target) from None
     return evaluator.hits, evaluator.misses, evaluator.miss_seconds
 
 
 def _worker(connection: Any, *args: Any) -> None:
-    """Process entry point: :func:`_optimize`, its result or user error sent back."""
+    """Process entry point: :func:`_optimize`, its result, user error or interruption sent
+    back."""
     try:
         connection.send(("ok", _optimize(*args)))
     except ExitnasError as err:
         connection.send(("error", str(err)))
+    except SearchInterrupted as stop:
+        connection.send(("interrupted", stop.trials))
+    except KeyboardInterrupt:  # before its first trial
+        connection.send(("interrupted", ()))
     finally:
         connection.close()
 
 
+def _run_workers(
+    study: StudyConfig,
+    run_dir: Path,
+    url: str,
+    target: int,
+    device: str | None,
+    workers: int,
+    refresh: Callable[[], None],
+) -> tuple[list[tuple[int, int, float]], int]:
+    """Run ``workers`` processes (:func:`_worker`) until the study holds ``target`` completed
+    trials, calling ``refresh`` twice a second; return their results and how many died.
+
+    Raises:
+        SearchInterrupted: Ctrl-C here; the workers (which got it too, from the terminal, or
+            from here) failed their running trials and stopped.
+        ExitnasError: a worker's user error.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes, pipes = [], []
+    interrupted = False
+    threads = study.training.num_threads  # 0: each worker its share (exitnas.threads)
+    with holding(workers):  # this process holds its workers' shares of the CPUs
+        for _ in range(workers):
+            receive, send = context.Pipe(duplex=False)
+            args = (send, study.to_dict(), str(run_dir), url, target, threads, device)
+            process = context.Process(target=_worker, args=args, daemon=True)
+            process.start()
+            send.close()
+            processes.append(process)
+            pipes.append(receive)
+        try:
+            while any(p.is_alive() for p in processes):
+                time.sleep(0.5)
+                refresh()
+        except KeyboardInterrupt:
+            interrupted = True
+            _stop_workers(processes)
+        results, errors, stopped, lost = [], [], [], 0
+        for process, pipe in zip(processes, pipes, strict=True):
+            process.join()
+            message = pipe.recv() if pipe.poll() else None
+            if message is None:  # killed, or crashed with a traceback of its own
+                lost += 1
+            elif message[0] == "ok":
+                results.append(message[1])
+            elif message[0] == "interrupted":  # with this process, or alone (then the others
+                stopped.extend(message[1])  # finish the target without it)
+                if not interrupted:
+                    lost += 1
+            else:
+                errors.append(message[1])
+    if interrupted:
+        raise SearchInterrupted(stopped, target)
+    if errors:
+        raise ExitnasError(errors[0])
+    return results, lost
+
+
+def _stop_workers(processes: list[Any], grace: float = 2.0, patience: float = 20.0) -> None:
+    """After Ctrl-C: give the workers ``grace`` seconds to stop on the terminal's SIGINT, send
+    SIGINT to those still running (Ctrl-C reached only this process), and terminate any left
+    after ``patience`` seconds more (their running trials fail at their next heartbeat)."""
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + patience
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+
+
 def front_stats(optuna_study: optuna.Study, reference: float) -> tuple[int, int, float]:
-    """Completed trials, trials on the Pareto front, hypervolume."""
+    """Completed trials, distinct points on the Pareto front (:func:`front_trials`), and the
+    accuracy x MFLOPs hypervolume."""
     trials = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not trials:
         return 0, 0, 0.0
     values = np.array([t.values for t in trials])
-    front = int(pareto_mask(values[:, 0], values[:, 1]).sum())
+    front = len(front_trials(optuna_study))
     return len(trials), front, hypervolume_2d(values[:, 0], values[:, 1], reference)
 
 
@@ -432,10 +538,19 @@ def run_search(
             latency on it becomes the third objective, in the study ``<study>@<device>``.
         progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume (of the
             accuracy-MFLOPs front).
+
+    Torch's threads: ``training.num_threads``, else automatic (:mod:`exitnas.threads`; each
+    of ``workers`` processes gets its share), checked again after every trial.
+
+    Raises:
+        SearchInterrupted: Ctrl-C; the completed trials are kept, the running ones failed.
     """
     run_dir = Path(run_dir)
     url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
-    evaluator = load_evaluator(study, run_dir, url)  # fails early on a missing supernet
+    requested = study.training.num_threads
+    use_threads(requested)
+    splits = load_validation(study, progress)
+    evaluator = load_evaluator(study, run_dir, url, splits)  # fails early on a missing supernet
     latency = load_latency(study, url, device)  # and on a device never profiled
     sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
     heartbeat = study.search.heartbeat_seconds
@@ -454,44 +569,35 @@ def run_search(
 
             def tick(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 bar.update(trial.state == optuna.trial.TrialState.COMPLETE)
+                use_threads(requested)  # an automatic count follows the other processes
                 if time.perf_counter() - last[0] > 1.0:
                     last[0] = time.perf_counter()
                     refresh_bar(bar, s, reference, started)
 
             objective = SearchObjective(evaluator, study.search.rules, latency)
-            if until is None:  # alone on the study: Optuna's own loop
-                optuna_study.optimize(objective, n_trials=trials, callbacks=[tick, trial_told])
-            else:
-                StudyTarget(optuna_study, target).run(objective, callbacks=[tick])
+            interrupts = Interrupts()
+            try:
+                if until is None:  # alone on the study: Optuna's own loop
+                    with interrupts.deferring():
+                        optuna_study.optimize(
+                            interrupts.wrap(objective),
+                            n_trials=trials,
+                            callbacks=[tick, trial_told],
+                        )
+                else:
+                    StudyTarget(optuna_study, target).run(
+                        objective, callbacks=[tick], interrupts=interrupts
+                    )
+            except (KeyboardInterrupt, TrialInterrupted):
+                raise interrupts.stopped(optuna_study, target) from None
             results = [(evaluator.hits, evaluator.misses, evaluator.miss_seconds)]
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            context = multiprocessing.get_context("spawn")
-            processes, pipes = [], []
-            for _ in range(workers):
-                receive, send = context.Pipe(duplex=False)
-                args = (send, study.to_dict(), str(run_dir), url, target, threads, device)
-                process = context.Process(target=_worker, args=args, daemon=True)
-                process.start()
-                send.close()
-                processes.append(process)
-                pipes.append(receive)
-            while any(p.is_alive() for p in processes):
-                time.sleep(0.5)
+
+            def refresh() -> None:
                 bar.n = min(total, front_stats(optuna_study, reference)[0] - before)
                 refresh_bar(bar, optuna_study, reference, started)
-            results, errors = [], []
-            for process, pipe in zip(processes, pipes, strict=True):
-                process.join()
-                message = pipe.recv() if pipe.poll() else None
-                if message is not None and message[0] == "ok":
-                    results.append(message[1])
-                elif message is not None:
-                    errors.append(message[1])
-                else:  # killed, or crashed with a traceback of its own
-                    lost += 1
-            if errors:
-                raise ExitnasError(errors[0])
+
+            results, lost = _run_workers(study, run_dir, url, target, device, workers, refresh)
         complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
     hits, misses, miss_seconds = (sum(r[i] for r in results) for i in range(3))
     return SearchSummary(

@@ -36,6 +36,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +44,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from exitnas.faults import kill_point
+from exitnas.search.interrupts import Interrupts
 
 __all__ = ["STARTED_ATTR", "WORKER_ATTR", "StudyTarget", "trial_told", "worker_name"]
 
@@ -142,9 +144,19 @@ class StudyTarget:
         self,
         objective: Callable[[optuna.trial.Trial], Sequence[float]],
         callbacks: Sequence[Callable] = (),
+        interrupts: Interrupts | None = None,
     ) -> None:
-        """Run trials (one ``optimize`` call each) until the target is met."""
+        """Run trials (one ``optimize`` call each) until the target is met.
+
+        Args:
+            objective: the search's objective.
+            callbacks: Optuna callbacks, called after each trial.
+            interrupts: makes Ctrl-C quiet and fails the trial it stops
+                (:class:`~exitnas.search.interrupts.Interrupts`; the caller catches it).
+        """
         guarded = self.guard(objective)
+        if interrupts is not None:
+            guarded = interrupts.wrap(guarded)
         while True:
             complete, running, _ = self.counts()
             if complete >= self.target:
@@ -154,7 +166,8 @@ class StudyTarget:
                 continue
             self._trial_id = None
             try:
-                self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])
+                with interrupts.deferring() if interrupts is not None else nullcontext():
+                    self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])
             except ValueError:  # "Cannot tell a COMPLETE trial": another worker ran it too
                 if self._trial_id is None or not self._finished_elsewhere(self._trial_id):
                     raise

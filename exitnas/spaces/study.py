@@ -102,7 +102,9 @@ class TrainingConfig:
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (off for digits, on for natural images)
     checkpoint_every: int = 100  # steps between checkpoints (also written at every epoch end)
-    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # torch's intra-op threads (--threads overrides it); 0: automatic, OMP_NUM_THREADS if set,
+    # else the CPUs shared among the running exitnas processes (exitnas.threads)
+    num_threads: int = 0
     device: str = "cpu"  # torch device, e.g. cpu or cuda
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ the other fixed and random sub-networks on labels and the teacher's soft predict
 accumulating gradients before one AdamW update (timm's optimiser factory and cosine schedule).
 All randomness of a step (its images, augmentation, sub-networks and stochastic depth) derives
 from ``(seed, step)``, so a run resumed from any checkpoint continues exactly as if it had
-never stopped.
+never stopped, on the same machine with the same number of threads (:mod:`exitnas.threads`;
+another count sums in another order and changes the weights slightly).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from exitnas.supernet.evaluate import exit_accuracies, predict_exits
 from exitnas.supernet.pretrained import load_vit_init
 from exitnas.supernet.recipe import sandwich_backward, sandwich_paths
 from exitnas.supernet.supervit import SuperViT
+from exitnas.threads import use_threads
 
 __all__ = [
     "TrainSummary",
@@ -131,8 +133,7 @@ def train_supernet(
     if done is not None:
         return done
     cfg = study.training
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    use_threads(cfg.num_threads)  # 0: automatic (exitnas.threads), checked at every epoch
     device = torch.device(cfg.device)
     model = build_supernet(study).to(device)
     ckpt = out / CHECKPOINT
@@ -178,6 +179,7 @@ def train_supernet(
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
+                use_threads(cfg.num_threads)
             rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
             images, labels = training_batch(study, data, torch.from_numpy(rows), step, device)
             if ranks.world > 1:  # the same global batch everywhere, a slice of it here

@@ -22,7 +22,7 @@ from exitnas.policies.profile import ProfileError
 from exitnas.policies.query import BudgetError
 from exitnas.policies.study_policy import PolicyError, policy_from_bytes, policy_to_bytes
 from exitnas.search import run_search
-from exitnas.search.export import export_bundle, pareto_points
+from exitnas.search.export import export_bundle, pareto_points, read_front_json
 from exitnas.search.rules import ExitRule, exit_indices
 from exitnas.search.runner import evaluation_key, load_evaluator, load_searched
 from exitnas.search.storage import open_store
@@ -82,7 +82,7 @@ def test_query_answers_within_the_budget(fitted) -> None:
     tight = 1.05 * cheapest
     answer = _query(fitted, "--device", "cpu", "--budget-ms", str(tight))
     assert answer["expected"]["latency_ms"] <= tight
-    assert answer["policy"] == "learned" and answer["latency_source"] in (
+    assert answer["policy_offered"] == "learned" and answer["latency_source"] in (
         "measured",
         "predicted",
         "measured+predicted",
@@ -90,6 +90,14 @@ def test_query_answers_within_the_budget(fitted) -> None:
     flops = _query(fitted, "--budget-mflops", "1000", "--no-policy")
     assert flops["device"] is None and flops["expected"]["latency_ms"] is None
     assert flops["policy"] is None and flops["rule"]["rule"] != "learned"
+    assert flops["policy_offered"] is None
+    # --rule offers that rule alone
+    for rule in ("entropy", "learned"):
+        only = _query(fitted, "--budget-mflops", "1000", "--rule", rule)
+        assert only["rule"]["rule"] == rule
+    with pytest.raises(BudgetError, match="needs a fitted policy"):
+        _query(fitted, "--budget-mflops", "1000", "--rule", "learned", "--no-policy")
+    assert answer["policy"] == ("learned" if answer["rule"]["rule"] == "learned" else None)
 
 
 def _first_ms(fitted, point) -> float:
@@ -143,14 +151,10 @@ def test_export_of_a_budget_answer_runs_its_rule(fitted, tmp_path: Path) -> None
     splits, _ = load_searched(study, run, url)
     prediction = bundle.predict(splits.val.images, batch_size=7)
     accuracy = float((prediction.labels == splits.val.labels.numpy()).mean())
-    if meta["rule"]["rule"] == "learned":
-        # The query scores the learned rule with cross-fitted policy scores; the bundle runs the
-        # policy refitted on all validation data, so the two differ a little (issue 15: one
-        # source of truth for every number). test_learned_rule_runs_in_the_bundle_as_simulated
-        # checks the bundle's exits exactly.
-        assert accuracy == pytest.approx(meta["val_accuracy"], abs=0.03)
-    else:
-        assert accuracy == pytest.approx(meta["val_accuracy"])  # the query's val accuracy
+    # what the bundle records is what it does on the validation split, whatever the rule
+    assert accuracy == pytest.approx(meta["val_accuracy"], abs=1e-12)
+    assert prediction.flops.mean() / 1e6 == pytest.approx(meta["expected_mflops"], rel=1e-12)
+    assert (meta["rule"]["rule"] == "learned") == (meta["budget_query"]["out_of_fold"] is not None)
     with pytest.raises(ExitnasError, match="not empty"):
         _cli(
             "export", "--study", str(run), "--storage", url, "--out", str(out),
@@ -158,6 +162,17 @@ def test_export_of_a_budget_answer_runs_its_rule(fitted, tmp_path: Path) -> None
         )  # fmt: skip
     with pytest.raises(ExitnasError, match="--device goes with"):
         _cli("export", "--study", str(run), "--storage", url, "--out", "x", "--device", "cpu")
+    # the front JSON with --device carries each point's expected latency on it
+    front_path = tmp_path / "front.json"
+    _cli(
+        "export", "--study", str(run), "--storage", url, "--out", str(front_path),
+        "--pareto", "--device", "cpu",
+    )  # fmt: skip
+    costs = load_device_costs(open_store(url), study, "cpu", url)
+    for point in read_front_json(front_path):
+        ms = costs.stage_ms(study.space, point.config)[0]
+        expected = float(np.dot(point.exit_fractions, np.cumsum(ms)))
+        assert point.latency_ms == pytest.approx(expected, rel=1e-12)
 
 
 def test_learned_rule_runs_in_the_bundle_as_simulated(fitted, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from exitnas.policies.query import Budget, BudgetError, Candidate, answer_budget
 from exitnas.policies.study_policy import fit_study_policy
 from exitnas.search.export import ParetoPoint
-from exitnas.search.rules import ExitRule, confidences, exit_indices, softmax
+from exitnas.search.rules import ExitRule, confidences, exit_indices, score_exits, softmax
 from exitnas.spaces import SearchSpace
 
 
@@ -90,9 +90,38 @@ def test_learned_rule_is_offered_when_a_policy_is_given(space) -> None:
     policy = fit_study_policy([c.logits for c in candidates], labels, estimator="logistic")
     answer = answer_budget(candidates, labels, Budget("ms", 0.8), policy=policy)
     without = answer_budget(candidates, labels, Budget("ms", 0.8))
-    assert answer.options == 2 * without.options  # every candidate offers both rules
-    assert answer.accuracy >= without.accuracy
+    # every candidate offers both rules; a learned option counts when both its out-of-fold and
+    # its deployed outcome meet the budget
+    assert without.options < answer.options <= 2 * without.options
     assert answer.rule.rule in ("max_softmax", "learned")
+    chosen_on = answer.accuracy if answer.out_of_fold is None else answer.out_of_fold[0]
+    assert chosen_on >= without.accuracy
+
+
+def test_a_learned_answer_records_what_the_deployed_policy_does(space) -> None:
+    """The figures are the deployed policy's (what a bundle's predict gives on these images);
+    the out-of-fold ones the choice was made on are kept beside them."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, 80)
+    candidates = _front(space, rng, labels)
+    policy = fit_study_policy([c.logits for c in candidates], labels, estimator="logistic")
+    learned = 0
+    for budget in (0.2, 0.3, 0.8):
+        answer = answer_budget(candidates, labels, Budget("ms", budget), policy=policy)
+        if answer.rule.rule != "learned":
+            assert answer.out_of_fold is None
+            continue
+        learned += 1
+        chosen = next(c for c in candidates if c.point == answer.point)
+        taken = exit_indices(policy.scores(chosen.logits), answer.rule.thresholds)
+        correct = chosen.logits.argmax(-1) == labels[None, :]
+        flops = score_exits(taken, correct, np.cumsum(chosen.point.stage_flops))
+        ms = score_exits(taken, correct, np.cumsum(chosen.stage_ms)).expected_flops
+        assert answer.accuracy == flops.accuracy and answer.exit_fractions == flops.exit_fractions
+        assert answer.mflops == flops.expected_flops / 1e6
+        assert answer.latency_ms == pytest.approx(ms, rel=1e-12) and ms <= budget * (1 + 1e-12)
+        assert answer.out_of_fold is not None and answer.to_dict()["out_of_fold"]["mflops"] > 0
+    assert learned  # the case under test happened (budget 0.2 here)
 
 
 def test_impossible_budgets_name_the_cheapest_cost(space) -> None:

@@ -86,16 +86,30 @@ def test_hypervolume_of_hand_made_points() -> None:
     assert pareto.front == (False, False, True, False, True, True)
 
 
-def pareto_info_from(points, latency=None):
-    """A ParetoInfo of an in-memory study holding ``points`` (and latencies) as trials."""
+def pareto_info_from(points, latency=None, params=None):
+    """A ParetoInfo of an in-memory study holding ``points`` (and latencies) as trials, each
+    with its own parameter ``x`` unless ``params`` gives them."""
     names = ["accuracy", "mflops"] + (["latency_ms"] if latency else [])
     directions = ["maximize", "minimize"] + (["minimize"] if latency else [])
     optuna_study = optuna.create_study(directions=directions)
     optuna_study.set_user_attr("objectives", names)
+    distributions = {"x": optuna.distributions.IntDistribution(0, 1000)}
     for i, values in enumerate(points):
         values = [*values, latency[i]] if latency else list(values)
-        optuna_study.add_trial(optuna.trial.create_trial(values=values))
+        x = i if params is None else params[i]
+        trial = optuna.trial.create_trial(
+            values=values, params={"x": x}, distributions=distributions
+        )
+        optuna_study.add_trial(trial)
     return pareto_info(optuna_study)
+
+
+def test_a_point_sampled_again_is_one_point_of_the_front() -> None:
+    """Trials of the same parameters (configuration, rule, thresholds) count once, as in the
+    front JSON; equal objectives from other parameters are distinct points."""
+    points = [(0.5, 2.0), (0.5, 2.0), (0.5, 2.0), (0.7, 3.0)]
+    pareto = pareto_info_from(points, params=[1, 1, 2, 3])
+    assert pareto.front == (True, False, True, True)
 
 
 def test_latency_is_read_when_trials_carry_it() -> None:
