@@ -30,7 +30,14 @@ from exitnas.policies.options import ProfileError
 if TYPE_CHECKING:
     from exitnas.policies.profile import DeviceProfile
 
-__all__ = ["MIN_CONFIGS", "ProfileSettings", "add_profile_parser", "profile_run"]
+__all__ = [
+    "MIN_CONFIGS",
+    "ProfileSettings",
+    "add_profile_parser",
+    "profile_run",
+    "profiled_configs",
+    "write_kit",
+]
 
 MIN_CONFIGS = 15  # configs profiled by default (front + sampled): enough for the latency model
 
@@ -58,6 +65,7 @@ class ProfileSettings:
     threads: int = 1
     configs: int | None = None  # sampled configs beside the front's; None: up to MIN_CONFIGS
     torch_device: str = "cpu"
+    runtime: str = "torch"  # what runs the stages: torch (eager) or onnx (ONNX Runtime, CPU)
 
 
 def profile_run(
@@ -80,13 +88,10 @@ def profile_run(
         ProfileError: an unusable torch device.
         ProfileExistsError: ``device_name`` is profiled already and ``replace`` is False.
     """
-    import numpy as np
-    import optuna
     import torch
     from tqdm.auto import tqdm
 
     from exitnas.policies.profile import DeviceProfile, measure_stage_latencies
-    from exitnas.search.export import pareto_points
     from exitnas.search.objective import file_sha256
     from exitnas.search.runner import load_searched
     from exitnas.search.storage import open_store
@@ -114,36 +119,40 @@ def profile_run(
             f"device {device_name!r} is already profiled for study {study.name!r} in {url}; "
             "pass --replace to measure it again"
         )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    configs = {p.config.key(): p.config for p in pareto_points(optuna_study, study.space)}
-    extra = max(0, MIN_CONFIGS - len(configs)) if settings.configs is None else settings.configs
-    rng = np.random.default_rng(study.seed)
-    wanted = len(configs) + extra
-    for _ in range(50 * extra):  # a tiny space may hold fewer distinct configs than asked
-        if len(configs) >= wanted:
-            break
-        config = study.space.sample(rng)
-        configs.setdefault(config.key(), config)
-    batch = max(settings.batch_sizes)
-    images = normalize(splits.val.images[:batch], splits.mean, splits.std)
-    subnets = [model.extract(config).to(device) for config in configs.values()]
+    configs = profiled_configs(study, optuna_study, settings.configs)
     passes = min(settings.passes, settings.repeats)
-    with tqdm(
-        total=passes * len(subnets),
-        desc=f"profile {device_name}",
-        unit="config",
-        disable=not progress,
-    ) as bar:
-        timings = measure_stage_latencies(
-            subnets,
-            images,
+    if settings.runtime == "onnx":
+        from exitnas.deploy import measure_onnx_stage_latencies
+
+        timings = measure_onnx_stage_latencies(
+            [model.extract(config) for config in configs],
+            image_size=study.data.image_size,
             batch_sizes=settings.batch_sizes,
             warmup=settings.warmup,
             repeats=settings.repeats,
-            threads=settings.threads,
             passes=passes,
-            progress=lambda: bar.update(1),
+            threads=settings.threads,
         )
+    else:
+        batch = max(settings.batch_sizes)
+        images = normalize(splits.val.images[:batch], splits.mean, splits.std)
+        subnets = [model.extract(config).to(device) for config in configs]
+        with tqdm(
+            total=passes * len(subnets),
+            desc=f"profile {device_name}",
+            unit="config",
+            disable=not progress,
+        ) as bar:
+            timings = measure_stage_latencies(
+                subnets,
+                images,
+                batch_sizes=settings.batch_sizes,
+                warmup=settings.warmup,
+                repeats=settings.repeats,
+                threads=settings.threads,
+                passes=passes,
+                progress=lambda: bar.update(1),
+            )
     profile = DeviceProfile.create(
         timings,
         device=device_name,
@@ -153,6 +162,60 @@ def profile_run(
     )
     store.put_profile(study.name, profile, replace=replace)
     return profile, len(configs)
+
+
+def profiled_configs(study: Any, optuna_study: Any, sampled: int | None = None) -> list[Any]:
+    """The configs a profile times: the Pareto front's, and sampled ones beside them.
+
+    Args:
+        study: the study file.
+        optuna_study: its searched study.
+        sampled: configs sampled from the space beside the front's (seeded by the study);
+            None: as many as bring the total to :data:`MIN_CONFIGS`.
+    """
+    import numpy as np
+    import optuna
+
+    from exitnas.search.export import pareto_points
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs = {p.config.key(): p.config for p in pareto_points(optuna_study, study.space)}
+    extra = max(0, MIN_CONFIGS - len(configs)) if sampled is None else sampled
+    rng = np.random.default_rng(study.seed)
+    wanted = len(configs) + extra
+    for _ in range(50 * extra):  # a tiny space may hold fewer distinct configs than asked
+        if len(configs) >= wanted:
+            break
+        config = study.space.sample(rng)
+        configs.setdefault(config.key(), config)
+    return list(configs.values())
+
+
+def write_kit(
+    run: Path, study: Any, model: Any, url: str, out: Path, sampled: int | None = None
+) -> tuple[Path, int]:
+    """Write an on-device profiling kit of the study's profiled configs (``--kit``).
+
+    Returns:
+        The kit folder and the number of configs in it.
+    """
+    from exitnas.deploy import write_profile_kit
+    from exitnas.search.export import check_out_dir
+    from exitnas.search.objective import file_sha256
+    from exitnas.search.runner import load_searched_study
+    from exitnas.supernet.train import WEIGHTS
+
+    check_out_dir(out)  # before any work
+    optuna_study = load_searched_study(study, url)
+    configs = profiled_configs(study, optuna_study, sampled)
+    write_profile_kit(
+        [model.extract(config) for config in configs],
+        out,
+        study_key=study.key(),
+        image_size=study.data.image_size,
+        weights_hash=file_sha256(run / WEIGHTS),
+    )
+    return out, len(configs)
 
 
 def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: str) -> int:
@@ -165,7 +228,12 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
         threads=args.threads,
         configs=args.configs,
         torch_device=args.torch_device,
+        runtime=args.runtime,
     )
+    if args.runtime == "onnx" and args.torch_device != "cpu":
+        raise ProfileError(
+            "--runtime onnx times on ONNX Runtime's CPU provider; drop --torch-device"
+        )
     started = time.perf_counter()
     profile, configs = profile_run(
         run, study, model, url, args.device, settings, replace=args.replace, progress=not args.quiet
@@ -173,7 +241,8 @@ def _measure(args: argparse.Namespace, run: Path, study: Any, model: Any, url: s
     sizes = ",".join(str(b) for b in args.batch_sizes)
     print(
         f"profiled device {args.device!r} for study {study.name!r}: {len(profile.timings)} "
-        f"stages timed ({configs} configs, batch sizes {sizes}, {args.threads} threads) in "
+        f"stages timed with {args.runtime} ({configs} configs, batch sizes {sizes}, "
+        f"{args.threads} threads) in "
         f"{time.perf_counter() - started:.1f} s -> {url}"
     )
     return 0
@@ -265,6 +334,15 @@ def _profile(args: argparse.Namespace) -> int:
         return _import(args, run, study, url)
     if args.evaluate:
         return _evaluate(args, study, url)
+    if args.kit is not None:
+        kit, configs = write_kit(run, study, model, url, args.kit, args.configs)
+        print(
+            f"profiling kit of study {study.name!r}: {configs} configs -> {kit}; on the "
+            f"device (Python, NumPy, ONNX Runtime): python {kit}/exitnas_runtime.py profile "
+            f"{kit} --out PROFILE.json, then here: exitnas profile --study {run} --device "
+            f"{args.device} --import PROFILE.json"
+        )
+        return 0
     return _measure(args, run, study, model, url)
 
 
@@ -315,6 +393,21 @@ def add_profile_parser(commands: Any) -> argparse.ArgumentParser:
         "--evaluate",
         action="store_true",
         help="held-out error (MdAPE) of a latency model fitted on the stored profile",
+    )
+    mode.add_argument(
+        "--kit",
+        type=Path,
+        metavar="DIR",
+        help="write an on-device profiling kit (ONNX stage graphs of the configs it would "
+        "time, and a script needing only Python, NumPy and ONNX Runtime); its profile comes "
+        "back with --import",
+    )
+    profile.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the stages when timing here: torch (eager, default) or onnx (ONNX "
+        "Runtime on the CPU, as a kit and an ONNX bundle run)",
     )
     profile.add_argument(
         "--batch-sizes",

@@ -8,6 +8,7 @@ calibrated exit rule, and the learned policy when that rule is the one chosen.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from exitnas.argtypes import add_threads_argument
 from exitnas.policies.policy_cli import add_rule_argument
 from exitnas.threads import use_threads
 
-__all__ = ["add_export_parser", "run_export"]
+__all__ = ["add_export_parser", "run_export", "write_bundle"]
 
 
 def add_export_parser(commands: Any) -> argparse.ArgumentParser:
@@ -65,6 +66,14 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     )
     add_rule_argument(export)
     export.add_argument(
+        "--format",
+        choices=("torch", "onnx", "both"),
+        default="torch",
+        help="bundle contents: safetensors weights for exitnas.load (torch, default), one ONNX "
+        "graph per stage with a runtime needing only NumPy and ONNX Runtime (onnx; the "
+        "onnx extra), or both",
+    )
+    export.add_argument(
         "--storage", help="SQLAlchemy URL (default: the search's, sqlite:///RUN_DIR/study.db)"
     )
     export.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
@@ -79,6 +88,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from exitnas.search.export import (
         ExportError,
+        check_out_dir,
         export_bundle,
         export_front_json,
         pareto_points,
@@ -113,14 +123,47 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     point = select_point(points, args.select, args.pareto_index)
     weights_hash = file_sha256(run / WEIGHTS)
-    export_bundle(
-        point, model, study, args.out, weights_hash=weights_hash, mean=splits.mean, std=splits.std
+    out = check_out_dir(args.out)
+    write_bundle(
+        out,
+        args.format,
+        lambda folder: export_bundle(
+            point, model, study, folder, weights_hash=weights_hash, mean=splits.mean, std=splits.std
+        ),
     )
     print(
         f"exported point {point.index} of {len(points)} (trial {point.trial_number}): "
-        f"accuracy {point.accuracy:.4f}, {point.mflops:.4g} MFLOPs/image -> {args.out}"
+        f"accuracy {point.accuracy:.4f}, {point.mflops:.4g} MFLOPs/image -> {out}{_as(args)}"
     )
     return 0
+
+
+def _as(args: argparse.Namespace) -> str:
+    return {"torch": "", "onnx": " (ONNX)", "both": " (safetensors + ONNX)"}[args.format]
+
+
+def write_bundle(out: Path, fmt: str, write: Callable[[Path], Path]) -> Path:
+    """Write a bundle in ``fmt`` (``--format``) to ``out`` with ``write(folder)``, which writes
+    the safetensors bundle.
+
+    ``onnx`` and ``both`` write the safetensors bundle into a hidden sibling first and the
+    ONNX bundle from it (:func:`exitnas.deploy.export_onnx`, every stage graph checked against
+    torch), so a failed export leaves nothing at ``out``.
+    """
+    if fmt == "torch":
+        return write(out)
+    import shutil
+    import tempfile
+
+    from exitnas.deploy import export_onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".torch", dir=out.parent))
+    try:
+        written = write(staging / "bundle")
+        return export_onnx(written, out, torch_files=fmt == "both")
+    finally:
+        shutil.rmtree(staging)
 
 
 def _export_budget(args: argparse.Namespace, run: Path) -> int:
@@ -146,12 +189,12 @@ def _export_budget(args: argparse.Namespace, run: Path) -> int:
         policy=None if args.no_policy else DEFAULT_POLICY,
         rule=args.rule,
     )
-    export_query_result(result, run, out)
+    write_bundle(out, args.format, lambda folder: export_query_result(result, run, folder))
     answer = result.answer
     latency = f", {answer.latency_ms:.3g} ms/image on {args.device}" if answer.latency_ms else ""
     print(
         f"exported the answer to {answer.budget.flag()}: point {answer.point.index} "
         f"(trial {answer.point.trial_number}), rule {answer.rule.rule}, validation accuracy "
-        f"{answer.accuracy:.4f}, {answer.mflops:.4g} MFLOPs/image{latency} -> {out}"
+        f"{answer.accuracy:.4f}, {answer.mflops:.4g} MFLOPs/image{latency} -> {out}{_as(args)}"
     )
     return 0

@@ -193,7 +193,9 @@ def refine_tokens(
         coarse = coarse + reuse
         fine = fine + reuse[:, parent]
     informative = torch.zeros(b, nc, dtype=torch.long, device=device)
-    top = torch.topk(cell_attn, m, dim=1).indices
+    # among equally attended cells the lower index wins: a stable sort, as ONNX's TopK does
+    # (torch.topk leaves ties unspecified; after token keeping the fused cells all tie)
+    top = torch.argsort(cell_attn, dim=1, descending=True, stable=True)[:, :m]
     informative.scatter_(1, top, 1)
     order = torch.argsort(informative, dim=1, stable=True)  # uninformative first, each ascending
     plain, split = order[:, : nc - m], order[:, nc - m :]
