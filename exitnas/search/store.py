@@ -231,6 +231,41 @@ _policies = sa.Table(
 )
 
 
+def _migrate(conn: sa.Connection) -> None:
+    """Create exitnas's tables and apply the migrations the database has not seen."""
+    _schema.create(conn, checkfirst=True)
+    version = conn.execute(sa.select(sa.func.max(_schema.c.version))).scalar() or 0
+    operations = Operations(MigrationContext.configure(conn))
+    for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+        migrate(operations)
+        conn.execute(_schema.insert().values(version=number))
+
+
+@contextmanager
+def _sqlite_write_lock(conn: sa.Connection) -> Iterator[None]:
+    """One SQLite transaction that holds the write lock from its start (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 begins a transaction lazily, at the first write: a process that read the
+    schema and then writes fails at once with "database is locked" when another wrote in
+    between (SQLite does not wait there, to avoid a deadlock). Taking the lock first makes a
+    second process wait for the first's migration (the busy timeout), then see its tables.
+    """
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    level = raw.isolation_level
+    raw.isolation_level = None  # no implicit BEGIN
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        raw.execute("ROLLBACK")
+        raise
+    else:
+        raw.execute("COMMIT")
+    finally:
+        raw.isolation_level = level
+
+
 class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
     """:class:`EvaluationStore`, :class:`ProfileStore` and :class:`PolicyStore` on an
     SQLAlchemy URL (the study's own database)."""
@@ -255,15 +290,14 @@ class SqlStore(EvaluationStore, ProfileStore, PolicyStore):
         advisory lock until its migration transaction commits (PostgreSQL's DDL is
         transactional, so the next one sees the tables and the version).
         """
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn, _sqlite_write_lock(conn):
+                _migrate(conn)
+            return
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(POSTGRES_MIGRATION_LOCK)))
-            _schema.create(conn, checkfirst=True)
-            version = conn.execute(sa.select(sa.func.max(_schema.c.version))).scalar() or 0
-            operations = Operations(MigrationContext.configure(conn))
-            for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-                migrate(operations)
-                conn.execute(_schema.insert().values(version=number))
+            _migrate(conn)
 
     @contextmanager
     def _transaction(self) -> Iterator[sa.Connection]:
