@@ -183,7 +183,7 @@ def test_every_artefact_states_what_predict_does(deployed, rule: str) -> None:
     mflops = float(prediction.flops.mean()) / 1e6
     fractions = np.bincount(prediction.exits, minlength=bundle.config.num_exits) / len(labels)
     costs = load_device_costs(open_store(url), loaded, "cpu", url)
-    latency = expected_ms(costs.stage_ms(loaded.space, bundle.config)[0], fractions)
+    latency = expected_ms(costs.rule_stage_ms(loaded.space, bundle.config, rule), fractions)
 
     expected = answer["expected"]
     assert expected["val_accuracy"] == accuracy
@@ -209,7 +209,7 @@ def test_every_artefact_states_what_predict_does(deployed, rule: str) -> None:
             row.mflops,
             row.latency_ms,
         )
-        ms = costs.stage_ms(loaded.space, point.config)[0]
+        ms = costs.rule_stage_ms(loaded.space, point.config, point.rule.rule)
         assert point.latency_ms == pytest.approx(expected_ms(ms, point.exit_fractions))
     html = summary.report.read_text()
     assert f"{len(front)} points on the Pareto front" in html

@@ -37,9 +37,11 @@ from exitnas.deploy.onnx_export import (
     write_manifest,
     write_onnx_files,
 )
+from exitnas.deploy.policy_graph import export_policy_graph
 from exitnas.deploy.stage_graphs import DEFAULT_OPSET, OnnxExportError
 from exitnas.policies.options import ProfileError
-from exitnas.policies.profile import DeviceProfile, StageTiming, stage_features
+from exitnas.policies.overheads import standin_policy
+from exitnas.policies.profile import DeviceProfile, RuntimeOverhead, StageTiming, stage_features
 from exitnas.search.export import BUNDLE_FORMAT, check_out_dir
 from exitnas.spaces._parse import to_dict
 from exitnas.supernet.subnet import ExitViT
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 KIT_FILE = "kit.json"
+KIT_POLICY = "policy.onnx"  # a stand-in learned policy, timed per exit decision
 KIT_FORMAT = "exitnas.profile_kit"  # the runtime's KIT_FORMAT
 KIT_VERSION = 1
 
@@ -116,6 +119,12 @@ def write_profile_kit(
             )
             if progress is not None:
                 progress()
+        # a stand-in learned policy of the default estimator: its cost per exit decision
+        num_classes = models[0].space.num_classes
+        policy = export_policy_graph(standin_policy(num_classes).policy, tmp / KIT_POLICY)
+        if "constant" not in policy:
+            policy["file"] = KIT_POLICY
+            names.append(KIT_POLICY)
         kit = {
             "format": KIT_FORMAT,
             "version": KIT_VERSION,
@@ -124,6 +133,8 @@ def write_profile_kit(
             "weights_hash": weights_hash,
             "image_size": image_size,
             "in_chans": models[0].space.in_chans,
+            "num_classes": num_classes,
+            "policy": policy,
             "configs": configs,
         }
         (tmp / KIT_FILE).write_text(json.dumps(kit, indent=2) + "\n", encoding="utf-8")
@@ -196,7 +207,7 @@ def measure_onnx_stage_latencies(
     passes: int = 2,
     threads: int = 1,
     provider: str = "CPUExecutionProvider",
-) -> list[StageTiming]:
+) -> tuple[list[StageTiming], tuple[RuntimeOverhead, ...], str]:
     """Time every stage of ``models`` with ONNX Runtime on this machine, as a kit would.
 
     The models go through a temporary kit and the runtime's ``profile_kit``: the same graphs,
@@ -212,9 +223,13 @@ def measure_onnx_stage_latencies(
         threads: ONNX Runtime intra-op threads.
         provider: execution provider.
 
+
     Returns:
-        One :class:`~exitnas.policies.profile.StageTiming` per (model, batch size, stage); pass
-        them to ``DeviceProfile.create(..., device=onnx_device(provider), threads=threads)``.
+        ``(timings, overheads, runtime)``: one
+        :class:`~exitnas.policies.profile.StageTiming` per (model, batch size, stage), the
+        runtime's :class:`~exitnas.policies.profile.RuntimeOverhead` per batch size, and the
+        runtime's name; pass them to ``DeviceProfile.create(..., overheads=overheads,
+        runtime=runtime, threads=threads)``.
     """
     from exitnas.deploy.onnx_bundle import OnnxBundleError
     from exitnas.deploy.onnx_runtime import profile_kit
@@ -231,4 +246,6 @@ def measure_onnx_stage_latencies(
             providers=[provider],
             error=OnnxBundleError,
         )
-    return [StageTiming(**timing) for timing in profile["timings"]]
+    timings = [StageTiming(**timing) for timing in profile["timings"]]
+    overheads = tuple(RuntimeOverhead(**o) for o in profile["overheads"])
+    return timings, overheads, str(profile["runtime"])

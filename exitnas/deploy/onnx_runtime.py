@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -415,14 +416,31 @@ class OnnxExitModel:
     def policy_scores(self, logits: np.ndarray) -> np.ndarray:
         """The learned policy's score ``(N,)`` of the last of the exits given ``(k, N, K)``
         (not the configuration's last exit)."""
-        if "constant" in self.policy_info:
-            return np.full(logits.shape[1], float(self.policy_info["constant"]))
-        assert self.policy is not None
-        features = exit_features(logits, self.num_exits)[-1]  # (N, F)
-        name = self.policy_info.get("input", "features")
-        output = self.policy_info.get("output", "probabilities")
-        probs = self.policy.run([output], {name: features})[0]
-        return np.asarray(probs, np.float64)[:, int(self.policy_info.get("positive_column", 1))]
+        return policy_scores(self.policy, self.policy_info, logits, self.num_exits)
+
+
+def policy_scores(
+    session: ort.InferenceSession | None,
+    info: dict[str, Any],
+    logits: np.ndarray,
+    num_exits: int,
+) -> np.ndarray:
+    """A learned policy's score ``(N,)`` of the last of the exits given ``(k, N, K)``.
+
+    Args:
+        session: the policy graph (None for a constant policy).
+        info: its ``policy`` entry of ``onnx/stages.json`` (or ``kit.json``).
+        logits: the logits of exits 1..k of N samples.
+        num_exits: exits of the configuration.
+    """
+    if "constant" in info:
+        return np.full(logits.shape[1], float(info["constant"]))
+    assert session is not None
+    features = exit_features(logits, num_exits)[-1]  # (N, F)
+    name = info.get("input", "features")
+    output = info.get("output", "probabilities")
+    probs = session.run([output], {name: features})[0]
+    return np.asarray(probs, np.float64)[:, int(info.get("positive_column", 1))]
 
 
 def _stage_graph(
@@ -537,6 +555,75 @@ def time_stages(
     return samples
 
 
+def fit_overhead(
+    batch_size: int, residuals: list[tuple[int, float]], policy_ms: float = 0.0
+) -> dict[str, Any]:
+    """``fixed + stages x per stage`` fitted to ``(stages, ms per image)`` residuals (``predict``
+    minus its stages), both non-negative, as exitnas's ``fit_overhead``."""
+    stages = np.array([n for n, _ in residuals], dtype=float)
+    ms = np.array([r for _, r in residuals], dtype=float)
+    fixed, per_stage = 0.0, max(0.0, float(np.median(ms / stages)))
+    if np.unique(stages).size > 1:
+        design = np.stack([np.ones_like(stages), stages], 1)
+        (fixed, per_stage), *_ = np.linalg.lstsq(design, ms, rcond=None)
+        if per_stage < 0:  # the non-negative least squares: one of the two is zero
+            fixed, per_stage = max(0.0, float(ms.mean())), 0.0
+        elif fixed < 0:
+            fixed, per_stage = 0.0, max(0.0, float(stages @ ms / (stages @ stages)))
+    return {
+        "batch_size": batch_size,
+        "fixed_ms": float(fixed),
+        "stage_ms": float(per_stage),
+        "policy_ms": max(0.0, float(policy_ms)),
+    }
+
+
+def _ms_per_image(run: Any, images: int, repeats: int) -> float:
+    """Median over ``repeats`` of ``run()``'s milliseconds per image (one untimed run first)."""
+    run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1e3 / images)
+    return float(np.median(samples))
+
+
+def measure_overheads(
+    models: list[OnnxExitModel],
+    stage_ms: dict[tuple[int, int], float],
+    batch_sizes: tuple[int, ...],
+    *,
+    policy: tuple[ort.InferenceSession | None, dict[str, Any]] | None = None,
+    num_classes: int = 10,
+    repeats: int = 5,
+) -> list[dict[str, Any]]:
+    """What ``predict`` costs beyond its stages, per batch size.
+
+    Each model runs ``predict`` with every sample sent to its last exit (a kit's rule); its
+    stages' median ms per image (``stage_ms[model index, batch size]``) are subtracted, and
+    :func:`fit_overhead` fits the rest. ``policy`` (a stand-in policy graph and its entry)
+    is timed per exit decision.
+    """
+    overheads = []
+    rng = np.random.default_rng(0)
+    for bs in batch_sizes:
+        n = bs * max(1, 32 // bs)
+        residuals = []
+        for i, model in enumerate(models):
+            shape = (n, model.in_chans, model.image_size, model.image_size)
+            images = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            ms = _ms_per_image(partial(model.predict, images, batch_size=bs), n, repeats)
+            residuals.append((model.num_exits, ms - stage_ms[i, bs]))
+        policy_ms = 0.0
+        if policy is not None:
+            history = rng.normal(size=(2, bs, num_classes)).astype(np.float32)
+            score = partial(policy_scores, *policy, history, 3)
+            policy_ms = _ms_per_image(score, bs, 5 * repeats)
+        overheads.append(fit_overhead(bs, residuals, policy_ms))
+    return overheads
+
+
 def host_info(threads: int) -> dict[str, Any]:
     """The machine, in the fields of exitnas's ``HostInfo`` (no torch here: its version is "")."""
     return {
@@ -610,16 +697,30 @@ def profile_kit(
             if progress:
                 print(f"pass {p + 1}/{passes}: {configs[i]['key']} timed", file=sys.stderr)
     timings = []
+    stage_ms: dict[tuple[int, int], float] = {}  # (config, batch size) -> ms per image
     for i, config in enumerate(configs):
         for bs in batch_sizes:
             times = np.concatenate(samples[i, bs])
             p10, median, p90 = np.percentile(times, [10, 50, 90], axis=0)
+            stage_ms[i, bs] = float(median.sum()) / bs
             for k, features in enumerate(config["stages"]):
                 timing = dict(features, batch_size=bs)
                 timing.update(
                     median_ms=float(median[k]), p10_ms=float(p10[k]), p90_ms=float(p90[k])
                 )
                 timings.append(timing)
+    policy = None
+    info = kit.get("policy")
+    if info:
+        session = None
+        if "file" in info:
+            path = str(folder / str(info["file"]))
+            session = ort.InferenceSession(path, session_options(threads), providers=providers)
+        policy = (session, info)
+    num_classes = int(kit.get("num_classes", 10))
+    overheads = measure_overheads(
+        models, stage_ms, batch_sizes, policy=policy, num_classes=num_classes
+    )
     return {
         "format": PROFILE_FORMAT,
         "version": PROFILE_VERSION,
@@ -629,7 +730,9 @@ def profile_kit(
         "weights_hash": kit.get("weights_hash", ""),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": timings,
-        "runtime": {
+        "overheads": overheads,
+        "runtime": f"onnxruntime {ort.__version__} {providers[0]}",
+        "runtime_detail": {
             "name": "onnxruntime",
             "version": ort.__version__,
             "providers": providers,

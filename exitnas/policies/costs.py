@@ -3,8 +3,11 @@
 A device profile holds measured stages of some configurations; :class:`DeviceCosts` answers
 for every configuration of the space: the measured median where that stage was timed at the
 batch size asked for, else the prediction of a :class:`StageLatencyModel` fitted on the whole
-profile. Expected latency of an exit rule is then ``sum_k fraction_k * cumsum(stage_ms)[k]``,
-like expected FLOPs.
+profile, plus what the runtime spends around the stages (the profile's
+:class:`~exitnas.policies.profile.RuntimeOverhead`: a fixed cost per image, a cost per stage,
+and the learned policy's cost per exit decision). Expected latency of an exit rule is then
+``sum_k fraction_k * cumsum(stage_ms)[k]``, like expected FLOPs: what ``predict`` takes per
+image at that batch size.
 
 Example:
     >>> costs = DeviceCosts(store.get_profile("quickstart", "laptop"))
@@ -20,11 +23,24 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from exitnas.policies.latency import StageLatencyModel
-from exitnas.policies.profile import DeviceProfile, ProfileError, stage_features
+from exitnas.policies.profile import (
+    DeviceProfile,
+    ProfileError,
+    RuntimeOverhead,
+    stage_features,
+)
 from exitnas.search.export import ParetoPoint
+from exitnas.search.rules import LEARNED
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 
-__all__ = ["DeviceCosts", "expected_ms", "load_device_costs", "unknown_device", "with_latency"]
+__all__ = [
+    "DeviceCosts",
+    "expected_ms",
+    "load_device_costs",
+    "unknown_device",
+    "with_latency",
+    "with_policy_ms",
+]
 
 
 class DeviceCosts:
@@ -50,10 +66,18 @@ class DeviceCosts:
             if t.batch_size == batch_size
         }
         self.model = StageLatencyModel().fit(profile.timings)
+        overhead = {o.batch_size: o for o in profile.overheads}.get(batch_size)
+        self.overhead = overhead or RuntimeOverhead(batch_size, 0.0, 0.0, 0.0)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def stage_ms(self, space: SearchSpace, config: SubnetConfig) -> tuple[np.ndarray, np.ndarray]:
-        """Milliseconds per image of every stage of ``config``, and which ones were measured.
+        """Milliseconds per image of every stage of ``config`` as ``predict`` runs it under a
+        confidence rule, and which stages were measured.
+
+        Each stage's time (measured, else predicted) plus the runtime's per-stage overhead;
+        the first stage also carries its fixed per-image overhead (the profile's
+        :class:`~exitnas.policies.profile.RuntimeOverhead` at this batch size; none in a
+        profile older than it).
 
         Returns:
             ``(stage_ms, measured)``: ``(E,)`` float and ``(E,)`` bool arrays.
@@ -66,8 +90,28 @@ class DeviceCosts:
         measured = np.array([(key, f.stage) in self._measured for f in features])
         pairs = zip(features, predicted, strict=True)
         ms = np.array([self._measured.get((key, f.stage), p) for f, p in pairs])
-        self._cache[key] = (ms / self.batch_size, measured)
+        ms = ms / self.batch_size + self.overhead.stage_ms
+        ms[0] += self.overhead.fixed_ms
+        self._cache[key] = (ms, measured)
         return self._cache[key]
+
+    @property
+    def policy_ms(self) -> float:
+        """Extra ms per image of each exit decision the learned policy makes."""
+        return self.overhead.policy_ms
+
+    def rule_stage_ms(self, space: SearchSpace, config: SubnetConfig, rule: str) -> np.ndarray:
+        """:meth:`stage_ms` under exit rule ``rule``: with the learned policy, every stage but
+        the last also pays its decision (:attr:`policy_ms`)."""
+        return with_policy_ms(self.stage_ms(space, config)[0], rule, self.policy_ms)
+
+
+def with_policy_ms(stage_ms: np.ndarray, rule: str, policy_ms: float) -> np.ndarray:
+    """``stage_ms`` plus ``policy_ms`` on every stage but the last when ``rule`` is learned."""
+    ms = np.array(stage_ms, dtype=np.float64)
+    if rule == LEARNED:
+        ms[:-1] += policy_ms
+    return ms
 
 
 def expected_ms(stage_ms: ArrayLike, exit_fractions: ArrayLike) -> float:
@@ -84,7 +128,12 @@ def with_latency(
     it, so that the front JSON, the printed table and a budget answer agree on one profile.
     """
     return [
-        replace(p, latency_ms=expected_ms(costs.stage_ms(space, p.config)[0], p.exit_fractions))
+        replace(
+            p,
+            latency_ms=expected_ms(
+                costs.rule_stage_ms(space, p.config, p.rule.rule), p.exit_fractions
+            ),
+        )
         for p in points
     ]
 

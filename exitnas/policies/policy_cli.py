@@ -87,7 +87,8 @@ def _front_candidates(
         seen.add(key)
         logits, _ = evaluator.logits(point.config)
         ms, measured = (None, None) if costs is None else costs.stage_ms(study.space, point.config)
-        candidates.append(Candidate(point, logits, ms, measured))
+        policy_ms = 0.0 if costs is None else costs.policy_ms
+        candidates.append(Candidate(point, logits, ms, measured, policy_ms))
     return candidates
 
 

@@ -41,8 +41,10 @@ __all__ = [
     "DeviceProfile",
     "HostInfo",
     "ProfileError",
+    "RuntimeOverhead",
     "StageFeatures",
     "StageTiming",
+    "fit_overhead",
     "measure_stage_latencies",
     "stage_features",
 ]
@@ -83,6 +85,50 @@ class StageTiming(StageFeatures):
     median_ms: float  # median of the timed runs
     p10_ms: float  # 10th percentile of the timed runs
     p90_ms: float  # 90th percentile of the timed runs
+
+
+@dataclass(frozen=True)
+class RuntimeOverhead:
+    """Milliseconds per image a runtime spends outside the timed stages, at one batch size.
+
+    ``predict`` also normalises the images, moves each stage's outputs, decides at each exit
+    and drops the samples that leave; a stage timing holds none of it. An image that leaves at
+    exit k costs ``fixed_ms + sum over stages 0..k of (stage + stage_ms)``, plus ``policy_ms``
+    for each of its exit decisions when the rule is the learned policy.
+    """
+
+    batch_size: int
+    fixed_ms: float  # once per image: normalising, the batch loop
+    stage_ms: float  # per stage run: its outputs, the exit decision of a confidence rule
+    policy_ms: float  # per exit decision of the learned policy, beyond a confidence rule's
+
+
+def fit_overhead(
+    batch_size: int, residuals: Sequence[tuple[int, float]], policy_ms: float = 0.0
+) -> RuntimeOverhead:
+    """The :class:`RuntimeOverhead` of measured residuals (``predict`` minus its stages).
+
+    Args:
+        batch_size: the batch size they were measured at.
+        residuals: ``(stages, ms per image)`` of configs run to their last exit by a
+            confidence rule, fitted as ``fixed + stages x per stage`` (both non-negative; the
+            ONNX runtime's ``fit_overhead`` is the same fit without exitnas).
+        policy_ms: the learned policy's measured ms per image and exit decision.
+    """
+    if not residuals:
+        raise ValueError("fit_overhead needs at least one residual")
+    stages = np.array([n for n, _ in residuals], dtype=float)
+    ms = np.array([r for _, r in residuals], dtype=float)
+    # one stage count: fixed and per-stage costs cannot be told apart; all per stage
+    fixed, per_stage = 0.0, max(0.0, float(np.median(ms / stages)))
+    if np.unique(stages).size > 1:
+        design = np.stack([np.ones_like(stages), stages], 1)
+        (fixed, per_stage), *_ = np.linalg.lstsq(design, ms, rcond=None)
+        if per_stage < 0:  # the non-negative least squares: one of the two is zero
+            fixed, per_stage = max(0.0, float(ms.mean())), 0.0
+        elif fixed < 0:
+            fixed, per_stage = 0.0, max(0.0, float(stages @ ms / (stages @ stages)))
+    return RuntimeOverhead(batch_size, float(fixed), float(per_stage), max(0.0, policy_ms))
 
 
 def stage_features(
@@ -287,6 +333,8 @@ class DeviceProfile:
     weights_hash: str  # hash of the supernet weights ("" when untrained: latency ignores them)
     created: str  # ISO 8601 UTC time of creation
     timings: tuple[StageTiming, ...]  # every measured (stage, batch size)
+    overheads: tuple[RuntimeOverhead, ...] = ()  # per batch size; none in older profiles
+    runtime: str = "torch"  # what ran the stages: torch (eager) or onnxruntime <provider>
 
     @classmethod
     def create(
@@ -297,6 +345,8 @@ class DeviceProfile:
         study_key: str,
         weights_hash: str = "",
         threads: int | None = None,
+        overheads: Sequence[RuntimeOverhead] = (),
+        runtime: str = "torch",
     ) -> DeviceProfile:
         """A profile of ``timings`` taken now on this host.
 
@@ -306,6 +356,8 @@ class DeviceProfile:
             study_key: key of the study whose space was profiled.
             weights_hash: hash of the supernet weights, if any.
             threads: torch threads used while timing (torch's current count by default).
+            overheads: the runtime's cost outside the stages, per batch size.
+            runtime: what ran the stages (``torch``, ``onnxruntime <provider>``).
         """
         return cls(
             device=device,
@@ -314,6 +366,8 @@ class DeviceProfile:
             weights_hash=weights_hash,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             timings=tuple(timings),
+            overheads=tuple(overheads),
+            runtime=runtime,
         )
 
     def to_json(self) -> str:
@@ -348,6 +402,8 @@ class DeviceProfile:
                 weights_hash=str(data["weights_hash"]),
                 created=str(data["created"]),
                 timings=tuple(StageTiming(**t) for t in data["timings"]),
+                overheads=tuple(RuntimeOverhead(**o) for o in data.get("overheads", ())),
+                runtime=str(data.get("runtime", "torch")),
             )
         except (KeyError, TypeError) as err:
             raise ProfileError(f"{where} is corrupt or incomplete ({err!r})") from None

@@ -91,6 +91,7 @@ def profile_run(
     import torch
     from tqdm.auto import tqdm
 
+    from exitnas.policies.overheads import measure_overheads
     from exitnas.policies.profile import DeviceProfile, measure_stage_latencies
     from exitnas.search.objective import file_sha256
     from exitnas.search.runner import load_searched
@@ -124,7 +125,7 @@ def profile_run(
     if settings.runtime == "onnx":
         from exitnas.deploy import measure_onnx_stage_latencies
 
-        timings = measure_onnx_stage_latencies(
+        timings, overheads, runtime = measure_onnx_stage_latencies(
             [model.extract(config) for config in configs],
             image_size=study.data.image_size,
             batch_sizes=settings.batch_sizes,
@@ -153,12 +154,24 @@ def profile_run(
                 passes=passes,
                 progress=lambda: bar.update(1),
             )
+        overheads = measure_overheads(
+            subnets,
+            splits.val.images[:batch],
+            splits.mean,
+            splits.std,
+            timings,
+            batch_sizes=settings.batch_sizes,
+            threads=settings.threads,
+        )
+        runtime = "torch"
     profile = DeviceProfile.create(
         timings,
         device=device_name,
         study_key=study.key(),
         weights_hash=file_sha256(run / WEIGHTS),
         threads=settings.threads,
+        overheads=overheads,
+        runtime=runtime,
     )
     store.put_profile(study.name, profile, replace=replace)
     return profile, len(configs)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from exitnas.errors import ExitnasError
+from exitnas.policies.costs import with_policy_ms
 from exitnas.policies.learned import calibrate_thresholds
 from exitnas.policies.study_policy import StudyPolicy
 from exitnas.search.export import ParetoPoint
@@ -79,13 +80,15 @@ class Candidate:
     logits: np.ndarray  # (E, N, K) validation logits
     stage_ms: np.ndarray | None = None  # (E,) ms per image on the device, if one is given
     stage_ms_measured: np.ndarray | None = None  # (E,) which of them were measured
+    policy_ms: float = 0.0  # ms per image of each learned-policy exit decision on the device
 
-    def stage_cost(self, metric: str) -> np.ndarray:
+    def stage_cost(self, metric: str, rule: str | None = None) -> np.ndarray:
+        """``(E,)`` cost per image of each stage under ``rule`` (its decisions included)."""
         if metric == "mflops":
             return np.asarray(self.point.stage_flops, dtype=np.float64) / 1e6
         if self.stage_ms is None:
             raise BudgetError("a budget in ms needs a profiled device (--device)")
-        return np.asarray(self.stage_ms, dtype=np.float64)
+        return with_policy_ms(self.stage_ms, rule or "", self.policy_ms)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class BudgetAnswer:
     mflops: float  # expected MFLOPs per image under ``rule``
     latency_ms: float | None  # expected ms per image on ``device``
     exit_fractions: tuple[float, ...]  # validation samples leaving at each exit
-    stage_ms: tuple[float, ...] | None
+    stage_ms: tuple[float, ...] | None  # per image and stage under ``rule``, overheads included
     latency_source: str | None  # "measured", "predicted" or "measured+predicted"
     options: int  # (configuration, rule) pairs that met the budget
     # learned rule: out-of-fold (accuracy, MFLOPs) the choice was made on; the figures above
@@ -193,8 +196,7 @@ def answer_budget(
     best: tuple[tuple[float, float], Candidate, ExitRule, np.ndarray, np.ndarray] | None = None
     options = 0
     for candidate in candidates:
-        cost = candidate.stage_cost(budget.metric)
-        if budget.value < cost[0] * (1 - 1e-12):
+        if budget.value < candidate.stage_cost(budget.metric)[0] * (1 - 1e-12):
             continue
         logits = candidate.logits
         correct = logits.argmax(axis=-1) == labels[None, :]
@@ -207,6 +209,9 @@ def answer_budget(
             # calibrated out of fold, run deployed
             offers.append((LEARNED, policy.validation_scores(logits), policy.scores(logits)))
         for name, calibration, deployed in offers:
+            cost = candidate.stage_cost(budget.metric, name)
+            if budget.value < cost[0] * (1 - 1e-12):  # its first decision does not fit
+                continue
             calibrated = calibrate_thresholds(
                 calibration, correct, cost, budget.value, num_candidates
             )
@@ -236,9 +241,10 @@ def answer_budget(
     correct = chosen.logits.argmax(axis=-1) == labels[None, :]
     flops = score_exits(taken, correct, np.cumsum(chosen.point.stage_flops))
     estimate = score_exits(estimated, correct, np.cumsum(chosen.point.stage_flops))
-    latency = None
+    latency, stage_ms = None, None
     if chosen.stage_ms is not None:
-        latency = score_exits(taken, correct, np.cumsum(chosen.stage_ms)).expected_flops
+        stage_ms = chosen.stage_cost("ms", exit_rule.rule)
+        latency = score_exits(taken, correct, np.cumsum(stage_ms)).expected_flops
     return BudgetAnswer(
         budget=budget,
         device=device,
@@ -248,7 +254,7 @@ def answer_budget(
         mflops=flops.expected_flops / 1e6,
         latency_ms=latency,
         exit_fractions=flops.exit_fractions,
-        stage_ms=None if chosen.stage_ms is None else tuple(float(m) for m in chosen.stage_ms),
+        stage_ms=None if stage_ms is None else tuple(float(m) for m in stage_ms),
         latency_source=_source(chosen.stage_ms_measured),
         options=options,
         out_of_fold=None

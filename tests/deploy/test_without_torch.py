@@ -83,7 +83,12 @@ def test_profiling_kit_runs_without_torch(bare_python, supernet, tmp_path) -> No
     assert {t.batch_size for t in profile.timings} == {1, 4}
     assert {t.config_key for t in profile.timings} == {c.key() for c in configs}
     assert all(t.median_ms > 0 for t in profile.timings)
-    assert json.loads(out.read_text())["runtime"]["name"] == "onnxruntime"
+    document = json.loads(out.read_text())
+    assert document["runtime_detail"]["name"] == "onnxruntime"
+    assert profile.runtime.startswith("onnxruntime ") and profile.runtime == profile.device
+    # the runtime's cost beyond the stages, and the stand-in policy's per decision
+    assert [o.batch_size for o in profile.overheads] == [1, 4]
+    assert all(o.fixed_ms >= 0 and o.stage_ms >= 0 and o.policy_ms > 0 for o in profile.overheads)
     with pytest.raises(ProfileError, match="profiles study abc, not this study"):
         read_kit_profile(out, study_key="other")
     again = subprocess.run(
@@ -103,10 +108,13 @@ def test_profiling_kit_runs_without_torch(bare_python, supernet, tmp_path) -> No
 
 def test_measure_with_onnx_here(supernet) -> None:
     model = supernet.extract(_tiny_config())
-    timings = measure_onnx_stage_latencies(
+    timings, overheads, runtime = measure_onnx_stage_latencies(
         [model], image_size=16, batch_sizes=(2,), warmup=0, repeats=1, passes=1
     )
     assert [t.stage for t in timings] == [0, 1]
     assert all(isinstance(t, StageTiming) and t.batch_size == 2 for t in timings)
-    profile = DeviceProfile.create(timings, device="onnx", study_key="k", threads=1)
-    assert DeviceProfile.from_json(profile.to_json()).timings == profile.timings
+    assert [o.batch_size for o in overheads] == [2] and runtime.startswith("onnxruntime ")
+    profile = DeviceProfile.create(
+        timings, device="onnx", study_key="k", threads=1, overheads=overheads, runtime=runtime
+    )
+    assert DeviceProfile.from_json(profile.to_json()) == profile

@@ -170,7 +170,7 @@ def test_export_of_a_budget_answer_runs_its_rule(fitted, tmp_path: Path) -> None
     )  # fmt: skip
     costs = load_device_costs(open_store(url), study, "cpu", url)
     for point in read_front_json(front_path):
-        ms = costs.stage_ms(study.space, point.config)[0]
+        ms = costs.rule_stage_ms(study.space, point.config, point.rule.rule)
         expected = float(np.dot(point.exit_fractions, np.cumsum(ms)))
         assert point.latency_ms == pytest.approx(expected, rel=1e-12)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -15,8 +16,10 @@ from exitnas.policies.latency import StageLatencyModel
 from exitnas.policies.profile import (
     DeviceProfile,
     ProfileError,
+    RuntimeOverhead,
     StageFeatures,
     StageTiming,
+    fit_overhead,
     measure_stage_latencies,
     stage_features,
 )
@@ -185,3 +188,56 @@ def test_estimator_contract(space: SearchSpace, rng: np.random.Generator) -> Non
     assert np.isfinite(model.score(timings, [t.median_ms for t in timings]))
     with pytest.raises(ValueError, match="unknown method"):
         StageLatencyModel(method="magic").fit(timings)
+
+
+def test_overhead_fit_recovers_fixed_and_per_stage_costs() -> None:
+    residuals = [(n, 0.05 + 0.02 * n) for n in (1, 2, 3, 5)]
+    overhead = fit_overhead(1, residuals, policy_ms=0.3)
+    assert (overhead.fixed_ms, overhead.stage_ms) == pytest.approx((0.05, 0.02))
+    assert overhead.policy_ms == 0.3
+    # never negative: a falling residual is all fixed cost, one stage count all per stage
+    assert fit_overhead(1, [(1, 0.3), (4, 0.1)]).stage_ms == 0.0
+    same = fit_overhead(1, [(2, 0.2), (2, 0.4)])
+    assert (same.fixed_ms, same.stage_ms) == (0.0, pytest.approx(0.15))
+    assert fit_overhead(1, [(1, -0.1)], policy_ms=-1.0) == RuntimeOverhead(1, 0.0, 0.0, 0.0)
+
+
+def test_overheads_are_measured_and_priced_into_stage_ms(measured) -> None:
+    """predict's cost beyond the stages is measured, kept in the profile, and DeviceCosts
+    adds it: per stage, the fixed cost on the first, the policy's on every decision."""
+    from exitnas.policies.costs import DeviceCosts
+    from exitnas.policies.overheads import measure_overheads
+
+    space, configs, timings = measured
+    net = SuperViT(space).eval()
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    models = [net.extract(c) for c in configs]
+    overheads = measure_overheads(
+        models, images, (0.5,), (0.25,), timings, batch_sizes=BATCH_SIZES, repeats=2, threads=1
+    )
+    assert [o.batch_size for o in overheads] == list(BATCH_SIZES)
+    assert all(o.fixed_ms >= 0 and o.stage_ms >= 0 and o.policy_ms > 0 for o in overheads)
+    profile = DeviceProfile.create(
+        timings, device="cpu", study_key="k", threads=1, overheads=overheads
+    )
+    assert DeviceProfile.from_json(profile.to_json()) == profile
+    bare = DeviceCosts(replace(profile, overheads=()))
+    costs = DeviceCosts(profile)
+    config = configs[0]
+    one = overheads[0]
+    base = bare.stage_ms(space, config)[0]
+    expected = base + one.stage_ms
+    expected[0] += one.fixed_ms
+    np.testing.assert_allclose(costs.stage_ms(space, config)[0], expected)
+    learned = costs.rule_stage_ms(space, config, "learned")
+    np.testing.assert_allclose(learned[:-1], expected[:-1] + one.policy_ms)
+    assert learned[-1] == pytest.approx(expected[-1])  # the last exit decides nothing
+    np.testing.assert_allclose(costs.rule_stage_ms(space, config, "entropy"), expected)
+
+
+def test_a_profile_older_than_overheads_still_loads(measured) -> None:
+    profile = DeviceProfile.create(measured[2][:2], device="cpu", study_key="k")
+    document = json.loads(profile.to_json())
+    del document["overheads"], document["runtime"]
+    old = DeviceProfile.from_json(json.dumps(document))
+    assert old.overheads == () and old.runtime == "torch" and old.timings == profile.timings

@@ -124,6 +124,25 @@ def test_a_learned_answer_records_what_the_deployed_policy_does(space) -> None:
     assert learned  # the case under test happened (budget 0.2 here)
 
 
+def test_the_learned_policy_pays_for_its_decisions(space) -> None:
+    """On a device, every exit decision of the learned policy costs ``policy_ms`` more: the
+    answer's latency includes it, and it must fit the budget."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, 80)
+    free = _front(space, rng, labels)
+    policy = fit_study_policy([c.logits for c in free], labels, estimator="logistic")
+    priced = [replace(c, policy_ms=0.05) for c in free]
+    answer = answer_budget(priced, labels, Budget("ms", 0.2), policy=policy, rule="learned")
+    chosen = next(c for c in priced if c.point == answer.point)
+    ms = np.asarray(chosen.stage_ms) + np.array([0.05, 0.0])
+    np.testing.assert_allclose(answer.stage_ms, ms)
+    assert answer.latency_ms == pytest.approx(np.dot(answer.exit_fractions, np.cumsum(ms)))
+    assert answer.latency_ms <= 0.2 * (1 + 1e-12)
+    # a confidence rule's decisions cost nothing extra
+    plain = answer_budget(priced, labels, Budget("ms", 0.2), rule="max_softmax")
+    assert plain.stage_ms == tuple(next(c for c in priced if c.point == plain.point).stage_ms)
+
+
 def test_impossible_budgets_name_the_cheapest_cost(space) -> None:
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 4, 20)
