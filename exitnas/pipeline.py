@@ -220,7 +220,7 @@ def run_pipeline(
     policy_note = None
     if stored is None or stored.evaluation_key != key:
         try:
-            fit_run_policy(run, study, url, replace=stored is not None)
+            fit_run_policy(run, study, url, replace=stored is not None, progress=progress)
         except PolicyError as err:  # e.g. every Pareto architecture has a single exit
             policy_note = f"no learned policy: {err}"
     seconds["policy"] = time.perf_counter() - clock
@@ -228,7 +228,7 @@ def run_pipeline(
     clock = time.perf_counter()
     # the front the query answers from: the device search's when there is one; every number
     # below (front.json, answer.json, the bundle, the report, the table) is computed once here
-    _, optuna_study = load_searched(study, run, url, device)
+    _, optuna_study = load_searched(study, run, url, device, progress=progress)
     costs = load_device_costs(store, study, device, url)
     points = with_latency(pareto_points(optuna_study, study.space), costs, study.space)
     default_budget = study.search.budget_ms is None and study.search.budget_mflops is None
@@ -240,7 +240,14 @@ def run_pipeline(
         budget = Budget("mflops", max(sum(p.stage_flops) for p in points) / 1e6)
     policy = None if policy_note else DEFAULT_POLICY
     result = query_run(
-        run, budget, device=device, storage=url, data=data.path, policy=policy, rule=rule
+        run,
+        budget,
+        device=device,
+        storage=url,
+        data=data.path,
+        policy=policy,
+        rule=rule,
+        progress=progress,
     )
     answer = result.answer
     document = result.to_dict()

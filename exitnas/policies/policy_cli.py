@@ -52,12 +52,15 @@ class QueryResult:
     policy_blob: bytes | None  # the deployed policy (skops) when the answer's rule is learned
     policy_name: str | None  # the stored policy offered to the query, if any
     policy: Any = None  # the StudyPolicy the answer's rule runs, when it is learned
+    device_runtime: str | None = None  # what the device's profile was measured with
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as ``policy query`` prints it and ``answer.json`` stores it.
 
         ``policy`` names the learned policy the chosen rule runs (None for a confidence rule);
-        ``policy_offered`` the stored policy the query could choose.
+        ``policy_offered`` the stored policy the query could choose; ``device_runtime`` what
+        the device's profile timed (``torch``, ``onnxruntime <version> <provider>``): the
+        latency holds for a bundle run the same way.
         """
         from exitnas.search.rules import LEARNED
 
@@ -66,6 +69,7 @@ class QueryResult:
             **self.answer.to_dict(),
             "policy": self.policy_name if learned else None,
             "policy_offered": self.policy_name,
+            "device_runtime": self.device_runtime,
         }
 
 
@@ -132,6 +136,7 @@ def query_run(
     data: Path | None = None,
     policy: str | None = DEFAULT_POLICY,
     rule: str | None = None,
+    progress: bool = True,
 ) -> QueryResult:
     """Answer a budget query on a trained and searched run.
 
@@ -145,6 +150,7 @@ def query_run(
             fitted; ``None``: confidence rules only).
         rule: offer only this exit rule (``--rule``; see
             :func:`~exitnas.policies.query.answer_budget`).
+        progress: a bar while images are decoded (a cold decoded-image cache).
 
     Raises:
         ExitnasError: unknown device, stale policy, impossible budget, missing study...
@@ -156,7 +162,7 @@ def query_run(
     from exitnas.search.storage import open_store
 
     model, study, url = open_run(run, storage, data)
-    splits, optuna_study = load_searched(study, run, url, device)
+    splits, optuna_study = load_searched(study, run, url, device, progress=progress)
     costs = load_latency(study, url, device)
     key = evaluation_key(run, splits)
     fitted, stored = (None, None)
@@ -171,7 +177,9 @@ def query_run(
     if answer.rule.rule == LEARNED:
         assert fitted is not None  # only offered when fitted
         blob, used = policy_to_bytes(fitted, deployed_only=True), fitted
-    return QueryResult(answer, model, study, splits, blob, policy if stored else None, used)
+    runtime = None if costs is None else costs.profile.runtime
+    offered = policy if stored else None
+    return QueryResult(answer, model, study, splits, blob, offered, used, runtime)
 
 
 def fit_run_policy(
@@ -184,6 +192,7 @@ def fit_run_policy(
     target: str = "oracle",
     folds: int = 2,
     replace: bool = False,
+    progress: bool = True,
 ) -> Any:
     """Fit the learned exit policy of a searched run and store it (``exitnas policy fit``).
 
@@ -207,7 +216,7 @@ def fit_run_policy(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_names(study.name, name, "policy")
-    splits, optuna_study = load_searched(study, run, url)
+    splits, optuna_study = load_searched(study, run, url, progress=progress)
     store = open_store(url)
     if store.get_policy(study.name, name) is not None and not replace:
         raise ProfileExistsError(
@@ -302,6 +311,7 @@ def _fit(args: argparse.Namespace) -> int:
         target=args.target,
         folds=args.folds,
         replace=args.replace,
+        progress=not args.quiet,
     )
     info = policy.info
     scores = (
@@ -331,6 +341,7 @@ def _query(args: argparse.Namespace) -> int:
         data=args.data,
         policy=None if args.no_policy else args.name,
         rule=args.rule,
+        progress=not args.quiet,
     )
     print(json.dumps(result.to_dict(), indent=2))
     return 0
@@ -393,6 +404,7 @@ def add_policy_parser(commands: Any) -> argparse.ArgumentParser:
             help="image folder or tar tree; overrides data.path",
         )
         add_threads_argument(parser, study_field=False)
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.add_argument("--estimator", choices=ESTIMATORS, default="boosting")
     fit.add_argument(
         "--target",

@@ -24,7 +24,7 @@ def _report(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     run = Path(args.run_dir)
     _, study, url = open_run(run, args.storage, args.data)
-    splits, optuna_study = load_searched(study, run, url)
+    splits, optuna_study = load_searched(study, run, url, progress=not args.quiet)
     evaluator = load_evaluator(study, run, url, splits)
     info = build_report_info(optuna_study, study, evaluator, args.pareto_index)
     out = Path(args.out) if args.out else run / "report.html"
@@ -58,5 +58,6 @@ def add_report_parser(commands: Any) -> argparse.ArgumentParser:
     )
     report.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
     add_threads_argument(report, study_field=False)
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=_report)
     return report

@@ -8,6 +8,7 @@ calibrated exit rule, and the learned policy when that rule is the one chosen.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     )
     export.add_argument("--data", type=Path, help="image folder or tar tree; overrides data.path")
     add_threads_argument(export, study_field=False)
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
     export.set_defaults(handler=run_export)
     return export
 
@@ -107,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.device is not None and not args.pareto:
         raise ExportError("--device goes with --pareto, --budget-ms or --budget-mflops")
     model, study, url = open_run(run, args.storage, args.data)
-    splits, optuna_study = load_searched(study, run, url, args.device)
+    splits, optuna_study = load_searched(study, run, url, args.device, progress=not args.quiet)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = pareto_points(optuna_study, study.space)
     if args.pareto:
@@ -188,8 +190,19 @@ def _export_budget(args: argparse.Namespace, run: Path) -> int:
         data=args.data,
         policy=None if args.no_policy else DEFAULT_POLICY,
         rule=args.rule,
+        progress=not args.quiet,
     )
     write_bundle(out, args.format, lambda folder: export_query_result(result, run, folder))
+    runtime = result.device_runtime
+    onnx = (runtime or "").startswith("onnxruntime")
+    if runtime is not None and args.format != "both" and onnx != (args.format == "onnx"):
+        print(
+            f"exitnas: note: device {args.device!r} was profiled with {runtime}, this bundle "
+            f"runs with {'ONNX Runtime' if args.format == 'onnx' else 'torch'}: its latency "
+            "will differ from the answer's (profile it with --runtime "
+            f"{'onnx' if args.format == 'onnx' else 'torch'}, or export --format both)",
+            file=sys.stderr,
+        )
     answer = result.answer
     latency = f", {answer.latency_ms:.3g} ms/image on {args.device}" if answer.latency_ms else ""
     print(

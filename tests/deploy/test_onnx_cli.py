@@ -90,6 +90,7 @@ def test_profile_kit_comes_back_and_answers_queries(
     assert code == 0 and answer["device"] == "edge"
     assert answer["expected"]["latency_ms"] > 0
     assert answer["latency_source"] in ("measured", "measured+predicted")
+    assert answer["device_runtime"].startswith("onnxruntime ")
     # a kit profile of another study is refused: one line, exit code 2, nothing stored
     other = json.loads(measured.read_text())
     other["study_key"] = "0" * len(other["study_key"])

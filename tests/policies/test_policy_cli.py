@@ -91,6 +91,7 @@ def test_query_answers_within_the_budget(fitted) -> None:
     assert flops["device"] is None and flops["expected"]["latency_ms"] is None
     assert flops["policy"] is None and flops["rule"]["rule"] != "learned"
     assert flops["policy_offered"] is None
+    assert loose["device_runtime"] == "torch" and flops["device_runtime"] is None
     # --rule offers that rule alone
     for rule in ("entropy", "learned"):
         only = _query(fitted, "--budget-mflops", "1000", "--rule", rule)
