@@ -10,6 +10,7 @@ SQLAlchemy URL (PostgreSQL for several hosts) is passed through.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
@@ -68,8 +69,20 @@ def _prepare_sqlite(url: str) -> None:
     path = Path(database)
     if not path.parent.is_dir():
         raise StorageError(f"storage {url!r}: folder {path.parent} does not exist")
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+    # WAL is persistent: set once per database file. Switching needs the database to itself,
+    # and SQLite answers "database is locked" at once (no busy wait) while another process
+    # switches or reads a database that Optuna alone created; try again until the timeout.
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _failure(url: str, err: BaseException) -> StorageError:
