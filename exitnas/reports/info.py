@@ -20,7 +20,7 @@ from exitnas.search.objective import ArchitectureEvaluator
 from exitnas.search.rules import LEARNED, ExitRule
 from exitnas.search.runner import OBJECTIVES, reference_mflops
 from exitnas.search.space import trial_config
-from exitnas.spaces import StudyConfig, SubnetConfig
+from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 
 if TYPE_CHECKING:
     from exitnas.policies.study_policy import StudyPolicy
@@ -96,11 +96,12 @@ def _complete(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(trials, key=lambda t: t.number)
 
 
-def pareto_info(optuna_study: optuna.Study) -> ParetoInfo:
+def pareto_info(optuna_study: optuna.Study, space: SearchSpace | None = None) -> ParetoInfo:
     """Completed trials' objectives and which of them stand for the Pareto front's points.
 
     Args:
         optuna_study: a study searched by ``exitnas search``.
+        space: its search space (points told apart by their reachable configuration).
 
     Returns:
         The trials in trial-number order; ``latency_ms`` when the study has that objective.
@@ -113,7 +114,7 @@ def pareto_info(optuna_study: optuna.Study) -> ParetoInfo:
     values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), -1)
     accuracy, mflops = values[:, names.index("accuracy")], values[:, names.index("mflops")]
     latency = values[:, names.index("latency_ms")] if "latency_ms" in names else None
-    front = {t.number for t in front_trials(optuna_study)} if trials else set()
+    front = {t.number for t in front_trials(optuna_study, space)} if trials else set()
     return ParetoInfo(
         trial_numbers=tuple(t.number for t in trials),
         accuracy=tuple(accuracy.tolist()),
@@ -207,7 +208,7 @@ def build_report_info(
     Raises:
         ReportError: the study has no completed trial, or ``chosen_index`` is out of range.
     """
-    pareto = pareto_info(optuna_study)
+    pareto = pareto_info(optuna_study, study_cfg.space)
     if not pareto.trial_numbers:
         raise ReportError(f"study {optuna_study.study_name!r} has no completed trials yet")
     exits = exit_distribution_info(optuna_study, study_cfg)

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "export_front_json",
     "front_trials",
     "pareto_points",
+    "reachable",
     "read_front_json",
     "select_point",
 ]
@@ -105,23 +107,57 @@ class ParetoPoint:
         )
 
 
-def front_trials(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def front_trials(
+    optuna_study: optuna.Study, space: SearchSpace | None = None
+) -> list[optuna.trial.FrozenTrial]:
     """The study's Pareto-optimal trials, one per distinct point, in trial-number order.
 
-    Optuna's ``best_trials`` keeps every trial of a point that was sampled again; the first
-    trial of each parameter set stands for it. Parameters map one to one onto (configuration,
-    exit rule, thresholds) (``suggest`` and its inverse ``config_params``), so this is the
-    front deduplicated by those. Every count of "points on the Pareto front" (search summary,
-    report, front JSON, ``exitnas run``'s table) is ``len`` of this list.
+    Optuna's ``best_trials`` keeps every trial of a point that was sampled again, and trials
+    whose configurations differ only after an exit that every image leaves at (threshold 0)
+    are the same model at the same cost. The first trial of each point stands for it: points
+    are told apart by their reachable configuration, exit rule and thresholds
+    (:func:`reachable`; by parameters when no ``space`` is given). Every count of "points on
+    the Pareto front" (search summary, report, front JSON, ``exitnas run``'s table) is ``len``
+    of this list.
     """
     seen: set[str] = set()
     trials = []
     for trial in sorted(optuna_study.best_trials, key=lambda t: t.number):
-        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if space is None:
+            key = json.dumps(trial.params, sort_keys=True, default=str)
+        else:
+            config, rule = reachable(*trial_config(trial, space), space)
+            key = json.dumps([config.key(), rule.to_dict()], sort_keys=True)
         if key not in seen:
             seen.add(key)
             trials.append(trial)
     return trials
+
+
+def reachable(
+    config: SubnetConfig, rule: ExitRule, space: SearchSpace
+) -> tuple[SubnetConfig, ExitRule]:
+    """The part of ``config`` that images reach under ``rule``, as a configuration of its own.
+
+    An exit (not the last) whose threshold is 0 or less takes every image (confidences and
+    policy scores are never negative), so the exits after it never run. The result ends
+    there; a branch that no longer reaches a keep layer keeps all its tokens, and a single
+    branch has nothing to reuse. Same predictions and the same cost as ``(config, rule)``.
+    """
+    cut = next((k for k, t in enumerate(rule.thresholds) if t <= 0), len(rule.thresholds))
+    if cut == len(rule.thresholds):
+        return config, rule
+    exits = config.exits[: cut + 1]
+    last = exits[-1][0]
+    branches = []
+    for b, branch in enumerate(config.branches[: last + 1]):
+        kept = tuple(e for i, e in exits if i == b)
+        keeps = any(layer <= kept[-1].layer for layer in space.keep_layers)
+        branches.append(
+            dc_replace(branch, exits=kept, keep_rate=branch.keep_rate if keeps else 1.0)
+        )
+    reuse = config.reuse if len(branches) > 1 else True
+    return SubnetConfig(tuple(branches), reuse), ExitRule(rule.rule, rule.thresholds[:cut])
 
 
 def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[ParetoPoint]:
@@ -142,7 +178,7 @@ def pareto_points(optuna_study: optuna.Study, space: SearchSpace) -> list[Pareto
     complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ExportError(f"study {optuna_study.study_name!r} has no completed trials; run search")
-    trials = front_trials(optuna_study)
+    trials = front_trials(optuna_study, space)
     trials.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
     points = []
     for index, trial in enumerate(trials):

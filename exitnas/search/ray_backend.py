@@ -230,7 +230,7 @@ def run_ray_search(
     def watch() -> None:  # the bar follows the database, like run_search's workers
         while not done.wait(0.5):
             bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
-            refresh_bar(bar, optuna_study, reference, started)
+            refresh_bar(bar, optuna_study, reference, started, study.space)
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
@@ -240,7 +240,9 @@ def run_ray_search(
             done.set()
             watcher.join()
             bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
-            complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
+            complete, front, volume = refresh_bar(
+                bar, optuna_study, reference, started, study.space
+            )
     finally:
         done.set()
         running = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

@@ -46,7 +46,7 @@ from exitnas.search.samplers import create_sampler
 from exitnas.search.seeds import seed_trials
 from exitnas.search.storage import open_storage, open_store, resolve_storage_url
 from exitnas.search.workers import StudyTarget, trial_told
-from exitnas.spaces import StudyConfig
+from exitnas.spaces import SearchSpace, StudyConfig
 from exitnas.supernet import SuperViT, count_flops, load_supernet
 from exitnas.supernet.train import WEIGHTS
 from exitnas.threads import holding, register, use_threads
@@ -494,20 +494,28 @@ def _stop_workers(processes: list[Any], grace: float = 2.0, patience: float = 20
             process.terminate()
 
 
-def front_stats(optuna_study: optuna.Study, reference: float) -> tuple[int, int, float]:
+def front_stats(
+    optuna_study: optuna.Study, reference: float, space: SearchSpace | None = None
+) -> tuple[int, int, float]:
     """Completed trials, distinct points on the Pareto front (:func:`front_trials`), and the
     accuracy x MFLOPs hypervolume."""
     trials = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not trials:
         return 0, 0, 0.0
     values = np.array([t.values for t in trials])
-    front = len(front_trials(optuna_study))
+    front = len(front_trials(optuna_study, space))
     return len(trials), front, hypervolume_2d(values[:, 0], values[:, 1], reference)
 
 
-def refresh_bar(bar: Any, optuna_study: optuna.Study, reference: float, started: float):
+def refresh_bar(
+    bar: Any,
+    optuna_study: optuna.Study,
+    reference: float,
+    started: float,
+    space: SearchSpace | None = None,
+):
     """Set the bar's trials/s, front size and hypervolume; return :func:`front_stats`."""
-    complete, front, volume = front_stats(optuna_study, reference)
+    complete, front, volume = front_stats(optuna_study, reference, space)
     rate = bar.n / max(time.perf_counter() - started, 1e-9)
     bar.set_postfix(trials_s=f"{rate:.1f}", front=front, hv=f"{volume:.1f}")
     return complete, front, volume
@@ -572,7 +580,7 @@ def run_search(
                 use_threads(requested)  # an automatic count follows the other processes
                 if time.perf_counter() - last[0] > 1.0:
                     last[0] = time.perf_counter()
-                    refresh_bar(bar, s, reference, started)
+                    refresh_bar(bar, s, reference, started, study.space)
 
             objective = SearchObjective(evaluator, study.search.rules, latency)
             interrupts = Interrupts()
@@ -595,10 +603,10 @@ def run_search(
 
             def refresh() -> None:
                 bar.n = min(total, front_stats(optuna_study, reference)[0] - before)
-                refresh_bar(bar, optuna_study, reference, started)
+                refresh_bar(bar, optuna_study, reference, started, study.space)
 
             results, lost = _run_workers(study, run_dir, url, target, device, workers, refresh)
-        complete, front, volume = refresh_bar(bar, optuna_study, reference, started)
+        complete, front, volume = refresh_bar(bar, optuna_study, reference, started, study.space)
     hits, misses, miss_seconds = (sum(r[i] for r in results) for i in range(3))
     return SearchSummary(
         study_name=name,

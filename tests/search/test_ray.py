@@ -45,7 +45,7 @@ def test_ray_search_fills_the_optuna_storage(trained_run, tmp_path: Path) -> Non
     assert len(trials) == 8  # nothing asked and left running
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(len(t.values) == 2 for t in trials)
-    assert 0 < len(front_trials(optuna_study)) == summary.pareto_size
+    assert 0 < len(front_trials(optuna_study, study.space)) == summary.pareto_size
     evaluator = load_evaluator(study, run, url)
     for trial in trials:
         config, rule = suggest(optuna.trial.FixedTrial(trial.params), study.space)

@@ -57,7 +57,7 @@ def test_search_front_is_the_brute_force_front(trained_run, tmp_path: Path) -> N
         if any((a2 >= a and c2 <= c) and (a2 > a or c2 < c) for a2, c2 in values)
     }
     assert front == {t.number for t in trials} - dominated
-    assert summary.pareto_size == len(front_trials(optuna_study)) <= len(front)
+    assert summary.pareto_size == len(front_trials(optuna_study, study.space)) <= len(front)
     # every trial's recorded objectives are reproduced from its parameters and the cache
     evaluator = load_evaluator(study, run, url)
     for trial in trials[:8]:

@@ -79,3 +79,40 @@ def test_hypervolume_by_hand() -> None:
     # points (cost, acc): (1, .5), (2, .8); reference cost 4 -> 3 * .5 + 2 * .3
     assert hypervolume_2d([0.5, 0.8, 0.4], [1.0, 2.0, 3.0], 4.0) == pytest.approx(2.1)
     assert hypervolume_2d([0.9], [5.0], 4.0) == 0.0
+
+
+def test_reachable_ends_at_the_exit_everything_leaves_at(space) -> None:
+    """A threshold of 0 sends every image out at that exit: the configuration up to it has the
+    same exits' logits, the same stage FLOPs, and is one point with its longer variants."""
+    import torch
+
+    from exitnas.search.export import reachable
+    from exitnas.supernet import SuperViT, count_flops
+    from exitnas.supernet.evaluate import predict_exits
+
+    config = SubnetConfig(
+        (
+            BranchConfig(8, 4, (ExitConfig(2, "mixer"), ExitConfig(3, "cnn_add")), 0.5),
+            BranchConfig(16, 2, (ExitConfig(2, "vit"), ExitConfig(4, "mlp")), 0.5, 0.5),
+        ),
+        reuse=False,
+    )
+    rule = ExitRule("max_softmax", (0.0, 0.7, 0.9))
+    short, cut = reachable(config, rule, space)
+    assert cut == ExitRule("max_softmax", ())
+    assert short == SubnetConfig((BranchConfig(8, 4, (ExitConfig(2, "mixer"),), 0.5),))
+    assert short.branches[0].keep_rate == 0.5  # keep layer 2 is reached
+    assert count_flops(space, short) == count_flops(space, config)[:1]
+    two, cut = reachable(config, ExitRule("entropy", (0.4, 0.7, 0.0)), space)
+    assert two.num_exits == 3 and cut.thresholds == (0.4, 0.7) and two.reuse is False
+    assert reachable(config, ExitRule("margin", (0.1, 0.2, 0.3)), space) == (
+        config,
+        ExitRule("margin", (0.1, 0.2, 0.3)),
+    )
+    torch.manual_seed(0)
+    net = SuperViT(space).eval()
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
+    full = predict_exits(net.extract(config), images, (0.5,), (0.25,))
+    part = predict_exits(net.extract(two), images, (0.5,), (0.25,))
+    np.testing.assert_allclose(part, full[:3], rtol=0, atol=1e-6)
+    assert count_flops(space, two) == count_flops(space, config)[:3]
