@@ -29,8 +29,7 @@ from typing import Any
 
 import exitnas
 from exitnas.deploy.stage_graphs import DEFAULT_OPSET, OnnxExportError, export_stage_graphs
-from exitnas.search.export import BUNDLE_FORMAT, POLICY_FILE, check_out_dir
-from exitnas.search.objective import file_sha256
+from exitnas.search.export import POLICY_FILE, check_out_dir, write_manifest
 from exitnas.supernet.subnet import ExitViT
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "STAGES_FILE",
     "export_onnx",
     "runtime_source",
-    "write_manifest",
     "write_onnx_files",
 ]
 
@@ -115,18 +113,6 @@ def write_onnx_files(
     (folder / STAGES_FILE).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(runtime_source(), folder / RUNTIME_FILE)
     return [*names, STAGES_FILE, RUNTIME_FILE]
-
-
-def write_manifest(folder: str | Path, names: list[str], extra: dict[str, Any] | None = None):
-    """Write ``manifest.json`` listing sha256 and size of ``names`` (relative to ``folder``),
-    in the format ``exitnas.load`` and the ONNX runtime check."""
-    folder = Path(folder)
-    files = {
-        name: {"sha256": file_sha256(folder / name), "size": (folder / name).stat().st_size}
-        for name in sorted(set(names))
-    }
-    manifest = dict(extra or {}, format=BUNDLE_FORMAT, files=files)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def export_onnx(

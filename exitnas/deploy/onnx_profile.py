@@ -31,18 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import exitnas
-from exitnas.deploy.onnx_export import (
-    RUNTIME_FILE,
-    runtime_source,
-    write_manifest,
-    write_onnx_files,
-)
+from exitnas.deploy.onnx_export import RUNTIME_FILE, runtime_source, write_onnx_files
 from exitnas.deploy.policy_graph import export_policy_graph
 from exitnas.deploy.stage_graphs import DEFAULT_OPSET, OnnxExportError
 from exitnas.policies.options import ProfileError
 from exitnas.policies.overheads import standin_policy
 from exitnas.policies.profile import DeviceProfile, RuntimeOverhead, StageTiming, stage_features
-from exitnas.search.export import BUNDLE_FORMAT, check_out_dir
+from exitnas.search.export import BUNDLE_FORMAT, check_out_dir, staged_folder, write_manifest
 from exitnas.spaces._parse import to_dict
 from exitnas.supernet.subnet import ExitViT
 
@@ -99,54 +94,53 @@ def write_profile_kit(
     if not models:
         raise OnnxExportError("a profiling kit needs at least one configuration")
     out = check_out_dir(Path(out_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        names: list[str] = []
-        configs: list[dict[str, Any]] = []
-        for i, model in enumerate(models):
-            key = model.config.key()
-            folder = f"configs/{i:03d}-{key}"
-            written = _write_config(model, tmp / folder, image_size, opset)
-            names += [f"{folder}/{name}" for name in written]
-            stages = []
-            for features in stage_features(model.space, model.config):
-                row = asdict(features)
-                del row["batch_size"]  # the device sets it
-                stages.append(row)
-            configs.append(
-                {"key": key, "folder": folder, "config": model.config.to_dict(), "stages": stages}
-            )
-            if progress is not None:
-                progress()
-        # a stand-in learned policy of the default estimator: its cost per exit decision
-        num_classes = models[0].space.num_classes
-        policy = export_policy_graph(standin_policy(num_classes).policy, tmp / KIT_POLICY)
-        if "constant" not in policy:
-            policy["file"] = KIT_POLICY
-            names.append(KIT_POLICY)
-        kit = {
-            "format": KIT_FORMAT,
-            "version": KIT_VERSION,
-            "exitnas_version": exitnas.__version__,
-            "study_key": study_key,
-            "weights_hash": weights_hash,
-            "image_size": image_size,
-            "in_chans": models[0].space.in_chans,
-            "num_classes": num_classes,
-            "policy": policy,
-            "configs": configs,
-        }
-        (tmp / KIT_FILE).write_text(json.dumps(kit, indent=2) + "\n", encoding="utf-8")
-        shutil.copyfile(runtime_source(), tmp / RUNTIME_FILE)
-        write_manifest(tmp, [*names, KIT_FILE, RUNTIME_FILE])
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        os.replace(tmp, out)
+        with staged_folder(out) as tmp:
+            names: list[str] = []
+            configs: list[dict[str, Any]] = []
+            for i, model in enumerate(models):
+                key = model.config.key()
+                folder = f"configs/{i:03d}-{key}"
+                written = _write_config(model, tmp / folder, image_size, opset)
+                names += [f"{folder}/{name}" for name in written]
+                stages = []
+                for features in stage_features(model.space, model.config):
+                    row = asdict(features)
+                    del row["batch_size"]  # the device sets it
+                    stages.append(row)
+                configs.append(
+                    {
+                        "key": key,
+                        "folder": folder,
+                        "config": model.config.to_dict(),
+                        "stages": stages,
+                    }
+                )
+                if progress is not None:
+                    progress()
+            # a stand-in learned policy of the default estimator: its cost per exit decision
+            num_classes = models[0].space.num_classes
+            policy = export_policy_graph(standin_policy(num_classes).policy, tmp / KIT_POLICY)
+            if "constant" not in policy:
+                policy["file"] = KIT_POLICY
+                names.append(KIT_POLICY)
+            kit = {
+                "format": KIT_FORMAT,
+                "version": KIT_VERSION,
+                "exitnas_version": exitnas.__version__,
+                "study_key": study_key,
+                "weights_hash": weights_hash,
+                "image_size": image_size,
+                "in_chans": models[0].space.in_chans,
+                "num_classes": num_classes,
+                "policy": policy,
+                "configs": configs,
+            }
+            (tmp / KIT_FILE).write_text(json.dumps(kit, indent=2) + "\n", encoding="utf-8")
+            shutil.copyfile(runtime_source(), tmp / RUNTIME_FILE)
+            write_manifest(tmp, [*names, KIT_FILE, RUNTIME_FILE])
     except OSError as err:
         raise OnnxExportError(f"cannot write profiling kit {out}: {err}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from pathlib import Path
@@ -52,6 +53,8 @@ __all__ = [
     "reachable",
     "read_front_json",
     "select_point",
+    "staged_folder",
+    "write_manifest",
 ]
 
 BUNDLE_FORMAT = 1  # version of config.json / manifest.json / the front JSON
@@ -319,7 +322,6 @@ def export_bundle(
     if point.rule.rule == LEARNED and policy is None:
         raise ExportError("a point with the learned exit rule needs its policy to be exported")
     out = check_out_dir(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": BUNDLE_FORMAT,
         "exitnas_version": exitnas.__version__,
@@ -341,33 +343,56 @@ def export_bundle(
     if clash:
         raise ValueError(f"extra metadata may not replace {clash}")
     meta.update(extra or {})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        subnet = model.extract(point.config)
-        save_weights(
-            tmp / "weights.safetensors",
-            subnet.state_dict(),
-            {"format": BUNDLE_FORMAT, "config_key": point.config.key()},
-        )
-        _write_text(tmp / "config.json", json.dumps(meta, indent=2) + "\n")
-        names = list(BUNDLE_FILES)
-        if policy is not None:
-            (tmp / POLICY_FILE).write_bytes(policy)
-            names.append(POLICY_FILE)
-        files = {
-            name: {"sha256": file_sha256(tmp / name), "size": (tmp / name).stat().st_size}
-            for name in names
-        }
-        manifest = {"format": BUNDLE_FORMAT, "files": files}
-        _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        os.replace(tmp, out)  # atomic; fails if ``out`` gained files meanwhile
+        with staged_folder(out) as tmp:
+            subnet = model.extract(point.config)
+            save_weights(
+                tmp / "weights.safetensors",
+                subnet.state_dict(),
+                {"format": BUNDLE_FORMAT, "config_key": point.config.key()},
+            )
+            _write_text(tmp / "config.json", json.dumps(meta, indent=2) + "\n")
+            names = list(BUNDLE_FILES)
+            if policy is not None:
+                (tmp / POLICY_FILE).write_bytes(policy)
+                names.append(POLICY_FILE)
+            write_manifest(tmp, names)
     except OSError as err:
         raise ExportError(f"cannot write bundle {out}: {err}") from None
+    return out
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A hidden sibling folder of ``out`` to write a bundle (or kit) into.
+
+    When the block ends without an error the folder is renamed to ``out`` in one step (which
+    fails if ``out`` gained files meanwhile); otherwise it is removed, so a crash or an error
+    leaves no half-written folder.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return out
+
+
+def write_manifest(
+    folder: str | Path, names: Sequence[str], extra: dict[str, Any] | None = None
+) -> None:
+    """Write ``manifest.json`` listing sha256 and size of ``names`` (relative to ``folder``),
+    in the format ``exitnas.load`` and the ONNX runtime check."""
+    folder = Path(folder)
+    files = {
+        name: {"sha256": file_sha256(folder / name), "size": (folder / name).stat().st_size}
+        for name in sorted(set(names))
+    }
+    manifest = dict(extra or {}, format=BUNDLE_FORMAT, files=files)
+    _write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 def export_front_json(points: Sequence[ParetoPoint], path: str | Path) -> Path:

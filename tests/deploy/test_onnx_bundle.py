@@ -280,6 +280,19 @@ def test_runtime_copies_match_exitnas() -> None:
             runtime.confidences(runtime.softmax(logits), rule), confidences(softmax(logits), rule)
         )
     assert runtime.LEARNED == "learned" and runtime.RULES == RULES
+    # the runtime's overhead fit (a kit has no exitnas) is exitnas's
+    from dataclasses import asdict
+
+    from exitnas.policies.profile import fit_overhead
+
+    cases = [
+        [(1, 0.05 + 0.02), (3, 0.05 + 0.06), (5, 0.05 + 0.1)],
+        [(1, 0.3), (4, 0.1)],
+        [(2, 0.2), (2, 0.4)],
+        [(1, -0.2), (3, 0.5)],
+    ]
+    for residuals in cases:
+        assert runtime.fit_overhead(4, residuals, 0.3) == asdict(fit_overhead(4, residuals, 0.3))
 
 
 def test_pooling_to_a_size_that_does_not_divide_the_grid(tmp_path) -> None:
