@@ -50,7 +50,7 @@ from presets import describe, test_point
 import exitnas
 from exitnas.policies.policy_cli import QueryResult, export_query_result
 from exitnas.policies.query import Budget, BudgetError, Candidate, answer_budget
-from exitnas.policies.study_policy import fit_study_policy, policy_from_bytes, policy_to_bytes
+from exitnas.policies.study_policy import fit_study_policy, policy_from_bytes
 from exitnas.search.export import pareto_points
 from exitnas.search.objective import SearchObjective
 from exitnas.search.rules import LEARNED, confidences, exit_indices, score_exits, softmax
@@ -224,10 +224,8 @@ def main() -> None:
                 print(f"| {fraction:g} | below the cheapest configuration: {err} |")
                 continue
             out = Path(tmp) / f"b{fraction:g}"
-            blob = (
-                policy_to_bytes(policy, deployed_only=True) if answer.rule.rule == LEARNED else None
-            )
-            result = QueryResult(answer, model, study, splits, blob, stored and stored.name)
+            used = policy if answer.rule.rule == LEARNED else None
+            result = QueryResult(answer, model, study, splits, stored and stored.name, used)
             export_query_result(result, args.run, out)  # what `exitnas export --budget-...` writes
             bundle = exitnas.load(out)
             prediction = bundle.predict(images, batch_size=args.batch)

@@ -49,7 +49,6 @@ class QueryResult:
     model: Any  # the supernet
     study: Any  # StudyConfig
     splits: Any  # DataSplits (normalisation)
-    policy_blob: bytes | None  # the deployed policy (skops) when the answer's rule is learned
     policy_name: str | None  # the stored policy offered to the query, if any
     policy: Any = None  # the StudyPolicy the answer's rule runs, when it is learned
     device_runtime: str | None = None  # what the device's profile was measured with
@@ -156,7 +155,6 @@ def query_run(
         ExitnasError: unknown device, stale policy, impossible budget, missing study...
     """
     from exitnas.policies.query import answer_budget
-    from exitnas.policies.study_policy import policy_to_bytes
     from exitnas.search.rules import LEARNED
     from exitnas.search.runner import evaluation_key, load_latency, load_searched, open_run
     from exitnas.search.storage import open_store
@@ -173,13 +171,10 @@ def query_run(
     answer = answer_budget(
         candidates, splits.val.labels.numpy(), budget, policy=fitted, device=device, rule=rule
     )
-    blob, used = None, None
-    if answer.rule.rule == LEARNED:
-        assert fitted is not None  # only offered when fitted
-        blob, used = policy_to_bytes(fitted, deployed_only=True), fitted
+    used = fitted if answer.rule.rule == LEARNED else None  # only offered when fitted
     runtime = None if costs is None else costs.profile.runtime
     offered = policy if stored else None
-    return QueryResult(answer, model, study, splits, blob, offered, used, runtime)
+    return QueryResult(answer, model, study, splits, offered, used, runtime)
 
 
 def fit_run_policy(
@@ -270,11 +265,12 @@ def export_query_result(result: QueryResult, run: Path, out: Path) -> Path:
     """
     from dataclasses import replace
 
+    from exitnas.policies.study_policy import policy_to_bytes
     from exitnas.search.export import export_bundle
     from exitnas.search.objective import file_sha256
     from exitnas.supernet.train import WEIGHTS
 
-    answer = result.answer
+    answer, used = result.answer, result.policy
     point = replace(
         answer.point,
         rule=answer.rule,
@@ -291,7 +287,7 @@ def export_query_result(result: QueryResult, run: Path, out: Path) -> Path:
         weights_hash=file_sha256(run / WEIGHTS),
         mean=result.splits.mean,
         std=result.splits.std,
-        policy=result.policy_blob,
+        policy=None if used is None else policy_to_bytes(used, deployed_only=True),
         extra={"budget_query": result.to_dict()},
     )
 
