@@ -33,7 +33,7 @@ import torch
 from plain_vit import load_plain_vit, save_plain_vit, train_plain_vit
 from torch.utils.flop_counter import FlopCounterMode
 
-from exitnas.search.runner import load_validation
+from exitnas.search.objective import load_validation
 from exitnas.spaces import load_study
 from exitnas.supernet.batches import normalize
 

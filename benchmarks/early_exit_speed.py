@@ -23,10 +23,8 @@ import optuna
 import torch
 
 import exitnas
-from exitnas.search.export import export_bundle, pareto_points
-from exitnas.search.objective import file_sha256
-from exitnas.search.runner import load_searched, open_run
-from exitnas.supernet.train import WEIGHTS
+from exitnas.jobs.export import export_point, front
+from exitnas.runs import Run
 
 
 def alternate(full, early, rounds: int) -> tuple[float, float]:
@@ -49,31 +47,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = Path(args.run)
-    model, study, url = open_run(run, args.storage)
-    splits, optuna_study = load_searched(study, run, url)
-    points = pareto_points(optuna_study, study.space)
+    run = Run.open(args.run, args.storage)
+    splits, points = run.splits, front(run)
     # the points where early exit has work to do: several exits actually used on validation
     multi = [p for p in points if sum(f > 0 for f in p.exit_fractions) > 1]
     chosen = sorted(multi, key=lambda p: -p.accuracy)[: args.points]
     images = splits.test.images
     print(
-        f"run {run}, test split: {len(images)} images, batch {args.batch}, "
+        f"run {run.path}, test split: {len(images)} images, batch {args.batch}, "
         f"{torch.get_num_threads()} threads, median of {args.rounds} rounds"
     )
     print("point  trial  test acc  exits used  predicted  measured  measured/predicted")
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for point in chosen:
             out = Path(tmp) / f"p{point.index}"
-            export_bundle(
-                point,
-                model,
-                study,
-                out,
-                weights_hash=file_sha256(run / WEIGHTS),
-                mean=splits.mean,
-                std=splits.std,
-            )
+            export_point(run, point, out)
             bundle = exitnas.load(out)
             prediction = bundle.predict(images, batch_size=args.batch)
             accuracy = float((prediction.labels == splits.test.labels.numpy()).mean())

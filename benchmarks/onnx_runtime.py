@@ -30,11 +30,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +38,25 @@ import numpy as np
 import onnxruntime
 import optuna
 import torch
-from presets import describe
+from onnx_runtime_budgets import (
+    adherence,
+    alternate,
+    answer_row,
+    ensure_profile,
+    export,
+    front_costs,
+    print_adherence,
+)
 from tqdm.auto import tqdm
 
 import exitnas
 from exitnas.deploy import load_onnx
-from exitnas.policies.costs import expected_ms, load_device_costs
-from exitnas.policies.policy_cli import QueryResult, export_query_result, query_run
-from exitnas.policies.profile_cli import ProfileSettings, profile_run
-from exitnas.policies.query import Budget, BudgetError
-from exitnas.search.export import pareto_points
-from exitnas.search.export_cli import write_bundle
-from exitnas.search.runner import load_searched, open_run
-from exitnas.search.storage import open_store
+from exitnas.jobs.query import query_budget
+from exitnas.runs import Run
+from exitnas.search.budget import Budget, BudgetError
 
 FRACTIONS = (0.3, 0.6, 1.0)  # speed budgets: from the cheapest (0) to the top (1) of the front
 RUNTIMES = ("torch", "onnx")
-OVER = 1.10  # "over by more than 10 %"
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,63 +120,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def alternate(
-    functions: dict[str, Callable[[], Any]], rounds: int, warmup: bool = True
-) -> dict[str, float]:
-    """Median seconds of each function over ``rounds`` rounds (order reversed every other
-    round), after one untimed call of each unless ``warmup`` is False."""
-    if warmup:
-        for fn in functions.values():
-            fn()
-    names = list(functions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            functions[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def front_costs(run: Path, study, url: str, device: str) -> dict[str, Any]:
-    """The front a query on ``device`` chooses from (its device search's when there is one),
-    with the cheapest achievable ms and the most accurate point's expected and full cost."""
-    costs = load_device_costs(open_store(url), study, device, url)
-    _, optuna_study = load_searched(study, run, url, device, progress=False)
-    points = pareto_points(optuna_study, study.space)
-    stage_ms = [costs.rule_stage_ms(study.space, p.config, p.rule.rule) for p in points]
-    best = max(range(len(points)), key=lambda i: (points[i].accuracy, -points[i].mflops))
-    return {
-        "points": len(points),
-        "cheapest_ms": float(min(ms[0] for ms in stage_ms)),
-        "cheapest_mflops": min(p.stage_flops[0] for p in points) / 1e6,
-        "best_index": points[best].index,
-        "best_expected_ms": expected_ms(stage_ms[best], points[best].exit_fractions),
-        "best_full_ms": float(np.sum(stage_ms[best])),
-        "best_expected_mflops": points[best].mflops,
-        "best_full_mflops": sum(points[best].stage_flops) / 1e6,
-        "threads": costs.profile.host.threads,
-    }
-
-
-def export(result: QueryResult, run: Path, out: Path, fmt: str) -> Path:
-    """The answer's bundle in ``fmt`` (``exitnas export --format``)."""
-    return write_bundle(out, fmt, lambda folder: export_query_result(result, run, folder))
-
-
-def answer_row(result: QueryResult) -> dict[str, Any]:
-    answer = result.answer
-    return {
-        "pareto_index": answer.point.index,
-        "config": describe(answer.point.config),
-        "rule": answer.rule.rule,
-        "val_accuracy": answer.accuracy,
-        "mflops": answer.mflops,
-        "predicted_ms": answer.latency_ms,
-        "latency_source": answer.latency_source,
-    }
-
-
 def ms_per_image(eager, onnx, images: torch.Tensor, batch: int, rounds: int) -> dict:
     """Median ms per image of the torch and the ONNX bundle's ``predict`` on ``images`` at
     ``batch``, timed in alternating rounds (both already warm)."""
@@ -199,9 +140,9 @@ def differing(a, b) -> int:
     return int(((a.labels != b.labels) | (a.exits != b.exits)).sum())
 
 
-def speed(args, run: Path, study, images: torch.Tensor, labels: np.ndarray, tmp: Path) -> list:
+def speed(args, run: Run, images: torch.Tensor, labels: np.ndarray, tmp: Path) -> list:
     """Part 1: torch eager against ONNX Runtime on the bundles of the FLOPs budgets."""
-    front = front_costs(run, study, args.url, args.device)
+    front = front_costs(run, args.device)
     low, top = front["cheapest_mflops"], front[f"best_{args.up_to}_mflops"]
     budgets = args.budgets_mflops or [low + f * (top - low) for f in args.fractions]
     print(
@@ -215,14 +156,12 @@ def speed(args, run: Path, study, images: torch.Tensor, labels: np.ndarray, tmp:
     rows = []
     for i, budget in enumerate(tqdm(budgets, desc="speed: budgets", unit="bundle")):
         try:
-            result = query_run(
-                run, Budget("mflops", budget), device=args.device, storage=args.storage
-            )
+            result = query_budget(run, Budget("mflops", budget), device=args.device)
         except BudgetError as err:
             tqdm.write(f"skipped {budget:.4g} MFLOPs: {err}")
             rows.append({"budget_mflops": budget, "skipped": str(err)})
             continue
-        out = export(result, run, tmp / f"speed-{i}", "both")
+        out = export(result, tmp / f"speed-{i}", "both")
         eager, onnx = exitnas.load(out), load_onnx(out, threads=args.threads)
         # the agreement check doubles as both runtimes' warm-up
         pt, po = eager.predict(big, args.batch), onnx.predict(big_np, args.batch)
@@ -255,96 +194,6 @@ def speed(args, run: Path, study, images: torch.Tensor, labels: np.ndarray, tmp:
             f"{row['differ_batch'] + row['differ_batch1']} images differ"
         )
     return rows
-
-
-def ensure_profile(args, run: Path, study, runtime: str) -> bool:
-    """Measure and store the profile of ``runtime`` (``--device`` for torch, ``--onnx-device``
-    for onnx) when the study has none, or always with ``--reprofile``; True when measured."""
-    device = args.device if runtime == "torch" else args.onnx_device
-    known = device in open_store(args.url).list_devices(study.name)
-    if known and not args.reprofile:
-        return False
-    print(
-        f"measuring profile {device!r} of study {study.name!r} with {runtime} "
-        f"({args.threads} threads, {args.profile_repeats} repeats) into {args.url}"
-    )
-    model, _, _ = open_run(run, args.storage)
-    repeats = args.profile_repeats
-    settings = ProfileSettings(
-        repeats=repeats, passes=min(10, repeats), threads=args.threads, runtime=runtime
-    )
-    start = time.perf_counter()
-    _, configs = profile_run(run, study, model, args.url, device, settings, replace=known)
-    print(f"profiled {configs} configs with {runtime} in {time.perf_counter() - start:.0f} s")
-    return True
-
-
-def adherence(args, run: Path, study, images: torch.Tensor, runtime: str, tmp: Path) -> dict:
-    """Part 2 for one runtime: latency budgets on its profile, measured at batch size 1."""
-    device = args.device if runtime == "torch" else args.onnx_device
-    front = front_costs(run, study, args.url, device)
-    threads = front["threads"]
-    top = front[f"best_{args.up_to}_ms"]
-    spread = np.linspace(front["cheapest_ms"], top, args.latency_budgets)
-    budgets = args.budgets_ms or [float(b) for b in spread]
-    small = images[: args.batch1_images]
-    small_np = small.numpy()
-    torch.set_num_threads(threads)
-    rows = []
-    for i, budget in enumerate(tqdm(budgets, desc=f"budgets: {runtime}", unit="bundle")):
-        try:
-            result = query_run(run, Budget("ms", budget), device=device, storage=args.storage)
-        except BudgetError as err:
-            tqdm.write(f"skipped {budget:.4g} ms on {device!r}: {err}")
-            rows.append({"budget_ms": budget, "skipped": str(err)})
-            continue
-        out = export(result, run, tmp / f"{runtime}-{i}", runtime)
-        if runtime == "torch":
-            predict = partial(exitnas.load(out).predict, small, 1)
-        else:
-            predict = partial(load_onnx(out, threads=threads).predict, small_np, 1)
-        prediction = predict()  # warm-up; its exits give the test images' expected latency
-        seconds = alternate({runtime: predict}, args.rounds, warmup=False)[runtime]
-        measured = seconds * 1e3 / len(small)
-        stage_ms = result.answer.stage_ms
-        fractions = np.bincount(prediction.exits, minlength=len(stage_ms)) / len(small)
-        row = {
-            "budget_ms": budget,
-            **answer_row(result),
-            "predicted_test_ms": expected_ms(stage_ms, fractions),
-            "measured_ms": measured,
-            "measured_over_budget": measured / budget,
-            "measured_over_predicted": measured / result.answer.latency_ms,
-        }
-        rows.append(row)
-        tqdm.write(
-            f"{runtime} {budget:.4g} ms: predicted {row['predicted_ms']:.4g}, measured "
-            f"{measured:.4g} ({row['measured_over_budget']:.3f} x budget)"
-        )
-    torch.set_num_threads(args.threads)
-    done = [r for r in rows if "measured_ms" in r]
-    ratios = [r["measured_over_budget"] for r in done]
-    over_10 = sum(r > OVER for r in ratios)
-    return {
-        "runtime": runtime,
-        "device": device,
-        "threads": threads,
-        "front": front,
-        "up_to": args.up_to,
-        "top_ms": top,
-        "rows": rows,
-        "summary": {
-            "budgets": len(done),
-            "skipped": len(rows) - len(done),
-            "over": sum(r > 1 for r in ratios),
-            "over_10pct": over_10,
-            "worst_over_budget": max(ratios, default=None),
-            "median_over_predicted": statistics.median([r["measured_over_predicted"] for r in done])
-            if done
-            else None,
-            "target_met": bool(done) and over_10 * 10 <= len(done),
-        },
-    }
 
 
 def speed_summary(rows: list[dict], batch: int) -> dict:
@@ -393,53 +242,22 @@ def print_speed(rows: list[dict], summary: dict, batch: int) -> None:
         )
 
 
-def print_adherence(part: dict) -> None:
-    front, s = part["front"], part["summary"]
-    print(
-        f"\n{part['runtime']} profile {part['device']!r} ({part['threads']} thread(s)): budgets "
-        f"from the cheapest achievable {front['cheapest_ms']:.4g} ms to the most accurate "
-        f"point's {part['up_to']} latency {part['top_ms']:.4g} ms"
-    )
-    print(
-        "\n| budget ms | config | rule | predicted ms (val) | predicted ms (test exits) | "
-        "measured ms | measured/budget | measured/predicted |"
-    )
-    print("|---:|---|---|---:|---:|---:|---:|---:|")
-    for r in part["rows"]:
-        if "skipped" in r:
-            print(f"| {r['budget_ms']:.4g} | skipped: {r['skipped']} |")
-            continue
-        print(
-            f"| {r['budget_ms']:.4g} | {r['config']} | {r['rule']} | {r['predicted_ms']:.4g} | "
-            f"{r['predicted_test_ms']:.4g} | {r['measured_ms']:.4g} | "
-            f"{r['measured_over_budget']:.3f} | {r['measured_over_predicted']:.3f} |"
-        )
-    if s["budgets"]:
-        verdict = "met" if s["target_met"] else "NOT met"
-        print(
-            f"\n{part['runtime']}: {s['over']} of {s['budgets']} budgets exceeded, "
-            f"{s['over_10pct']} by more than 10 %, worst measured/budget "
-            f"{s['worst_over_budget']:.3f}, median measured/predicted "
-            f"{s['median_over_predicted']:.3f} (target at most 1 in 10 over by > 10 %: {verdict})"
-        )
-
-
 def main() -> None:
     args = parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = args.run
-    _, study, args.url = open_run(run, args.storage)
+    run = Run.open(args.run, args.storage)
+    study, args.url = run.study, run.url
     args.onnx_device = args.onnx_device or f"{args.device}-onnx"
-    splits, _ = load_searched(study, run, args.url)
+    splits = run.splits
     images, labels = splits.test.images, splits.test.labels.numpy()
     args.images = min(args.images, len(images))
     args.batch1_images = min(args.batch1_images, len(images))
     print(
-        f"run {run} ({study.name}), test split {len(images)} images: {args.images} at batch "
+        f"run {run.path} ({study.name}), test split {len(images)} images: {args.images} at batch "
         f"{args.batch}, the first {args.batch1_images} at batch 1; median of {args.rounds} rounds"
     )
     result: dict[str, Any] = {
-        "run": str(run),
+        "run": str(run.path),
         "study": study.name,
         "device": args.device,
         "onnx_device": args.onnx_device,
@@ -458,15 +276,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onnx-runtime-") as folder:
         tmp = Path(folder)
         if "speed" not in args.skip:
-            result["speed"] = speed(args, run, study, images, labels, tmp)
+            result["speed"] = speed(args, run, images, labels, tmp)
             result["speed_summary"] = speed_summary(result["speed"], args.batch)
             print_speed(result["speed"], result["speed_summary"], args.batch)
         if "budgets" not in args.skip:
-            result["torch_profile_measured_here"] = ensure_profile(args, run, study, "torch")
-            result["onnx_profile_measured_here"] = ensure_profile(args, run, study, "onnx")
-            result["budgets"] = [
-                adherence(args, run, study, images, runtime, tmp) for runtime in RUNTIMES
-            ]
+            result["torch_profile_measured_here"] = ensure_profile(args, run, "torch")
+            result["onnx_profile_measured_here"] = ensure_profile(args, run, "onnx")
+            result["budgets"] = [adherence(args, run, images, runtime, tmp) for runtime in RUNTIMES]
             for part in result["budgets"]:
                 print_adherence(part)
     out = args.out or Path(__file__).with_name(f"onnx_runtime_{study.name}.json")

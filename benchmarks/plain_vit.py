@@ -18,7 +18,7 @@ from exitnas.spaces import SearchSpace, StudyConfig
 from exitnas.supernet.batches import epoch_order
 from exitnas.supernet.checkpoint import load_weights, save_weights
 from exitnas.supernet.pretrained import space_vit
-from exitnas.supernet.train import create_optimizer, training_batch
+from exitnas.supernet.steps import create_optimizer, training_batch
 
 
 def plain_vit(space: SearchSpace, drop_path_rate: float = 0.0) -> VisionTransformer:

@@ -16,15 +16,14 @@ closes; and the mean over points.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import optuna
 
-from exitnas.policies import area_between, tradeoff_curve
-from exitnas.policies.study_policy import fit_study_policy
-from exitnas.search.export import pareto_points
-from exitnas.search.runner import load_evaluator, load_searched, open_run
+from exitnas.exits import area_between, tradeoff_curve
+from exitnas.exits.policy import fit_study_policy
+from exitnas.jobs.export import front as pareto_front
+from exitnas.runs import Run
 from exitnas.supernet.evaluate import predict_exits
 
 
@@ -40,11 +39,9 @@ def main() -> None:
     parser.add_argument("--refine", action="store_true", help="per-exit thresholds for both")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = Path(args.run)
-    _, study, url = open_run(run, args.storage)
-    splits, optuna_study = load_searched(study, run, url)
-    evaluator = load_evaluator(study, run, url, splits)
-    front = pareto_points(optuna_study, study.space)
+    run = Run.open(args.run, args.storage)
+    splits, evaluator = run.splits, run.evaluator
+    front = pareto_front(run)
     multi = {p.config.key(): p for p in front if p.config.num_exits > 1}
     val_labels = splits.val.labels.numpy()
     test_labels = splits.test.labels.numpy()
@@ -58,7 +55,7 @@ def main() -> None:
     )
     chosen = sorted(multi.values(), key=lambda p: -p.accuracy)[: args.points]
     print(
-        f"run {run}: policy ({args.estimator}, target {args.target}) fitted on {len(multi)} "
+        f"run {run.path}: policy ({args.estimator}, target {args.target}) fitted on {len(multi)} "
         f"Pareto architectures x {len(val_labels)} validation images (2-fold cross-fitting), "
         f"thresholds {'per exit' if args.refine else 'shared'}; test on {len(test_labels)}; "
         f"{args.budgets} budgets"
@@ -67,7 +64,7 @@ def main() -> None:
     gaps = []
     for point in chosen:
         test_logits = predict_exits(
-            evaluator.model, splits.test.images, splits.mean, splits.std, config=point.config
+            run.supernet, splits.test.images, splits.mean, splits.std, config=point.config
         )
         flops = np.cumsum(point.stage_flops)
         budgets = np.linspace(flops[0] * 1.001, flops[-1], args.budgets)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from exitnas.policies.learned import calibrate_thresholds
-from exitnas.search.export import pareto_points
-from exitnas.search.rules import LEARNED, confidences, exit_indices, score_exits, softmax
-from exitnas.search.runner import load_evaluator, load_searched, open_run
+from exitnas.exits.calibrate import calibrate_thresholds
+from exitnas.exits.rules import LEARNED, confidences, exit_indices, score_exits, softmax
+from exitnas.jobs.export import front as pareto_front
+from exitnas.runs import Run
 from exitnas.spaces.presets import PRESETS, make_preset
 from exitnas.supernet import count_flops
 from exitnas.supernet.evaluate import predict_exits
@@ -57,16 +57,17 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, default=6, help="budgets per multi-exit preset")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    model, study, url = open_run(args.run, args.storage)
-    splits, optuna_study = load_searched(study, args.run, url)
-    evaluator = load_evaluator(study, args.run, url, splits)
+    run = Run.open(args.run, args.storage)
+    study, splits, evaluator = run.study, run.splits, run.evaluator
     val_labels, test_labels = splits.val.labels.numpy(), splits.test.labels.numpy()
 
     def test_logits(config):
-        return predict_exits(model, splits.test.images, splits.mean, splits.std, config=config)
+        return predict_exits(
+            run.supernet, splits.test.images, splits.mean, splits.std, config=config
+        )
 
     front = []
-    for p in pareto_points(optuna_study, study.space):
+    for p in pareto_front(run):
         acc, mflops = test_point(
             test_logits(p.config), test_labels, p.stage_flops, p.rule.rule, p.rule.thresholds
         )

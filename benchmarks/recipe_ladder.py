@@ -45,7 +45,7 @@ import torch
 from plain_vit import load_plain_vit, save_plain_vit, train_plain_vit
 
 from exitnas.data import DataSplits, ImageSplit
-from exitnas.search.runner import load_validation
+from exitnas.search.objective import load_validation
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig, load_study
 from exitnas.spaces.presets import make_preset
 from exitnas.supernet import load_supernet, train_supernet

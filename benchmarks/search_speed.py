@@ -21,11 +21,12 @@ from pathlib import Path
 
 import optuna
 
-from exitnas.search.objective import SearchObjective
-from exitnas.search.runner import DIRECTIONS, create_sampler, load_evaluator
-from exitnas.search.space import suggest
-from exitnas.search.storage import default_storage_url, open_storage
+from exitnas.search.encoding import suggest
+from exitnas.search.objective import SearchObjective, load_evaluator
+from exitnas.search.samplers import create_sampler
+from exitnas.search.studies import DIRECTIONS
 from exitnas.spaces import load_study
+from exitnas.storage.urls import default_storage_url, open_storage
 
 
 def timed_study(name, url, objective, sampler_args, trials, heartbeat=None) -> float:

@@ -24,10 +24,10 @@ from pathlib import Path
 import optuna
 import torch
 
+from exitnas.runs import Run
 from exitnas.search.objective import SearchObjective
-from exitnas.search.runner import load_evaluator, open_study
 from exitnas.search.samplers import create_sampler
-from exitnas.supernet.runs import load_supernet
+from exitnas.search.studies import open_study
 
 
 def rss_mb() -> float:
@@ -37,16 +37,16 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def worker(run: str, url: str, seconds: float, every: float, out: str) -> None:
+def worker(run_dir: str, url: str, seconds: float, every: float, out: str) -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     record: dict = {"memory": [], "error": None, "trials": 0}
     try:
-        _, study = load_supernet(Path(run))
-        evaluator = load_evaluator(study, Path(run), url)
+        run = Run.open(run_dir, url)
+        study, evaluator = run.study, run.evaluator
         sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
         optuna_study = open_study(
-            study, url, sampler, evaluator.weights_hash, None, study.search.heartbeat_seconds
+            study, url, sampler, run.evaluation_key, None, study.search.heartbeat_seconds
         )
         objective = SearchObjective(evaluator, study.search.rules)
         started = time.monotonic()
@@ -71,7 +71,7 @@ def main() -> None:
         database = Path(tmp) / "study.db"
         shutil.copy(args.run / "study.db", database)
         url = f"sqlite:///{database}"
-        _, study = load_supernet(args.run)
+        study = Run.open(args.run).study
         before = len(optuna.load_study(study_name=study.name, storage=url).trials)
         context = multiprocessing.get_context("spawn")
         outs = [Path(tmp) / f"worker{i}.json" for i in range(args.workers)]

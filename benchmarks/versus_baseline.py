@@ -36,75 +36,25 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import plotly.graph_objects as go
 import torch
+from ablations import ABLATIONS, TestLogits, ablation_rows
 from plain_vit import plain_vit
 from presets import describe, test_point
 
 import exitnas
-from exitnas.policies.policy_cli import QueryResult, export_query_result
-from exitnas.policies.query import Budget, BudgetError, Candidate, answer_budget
-from exitnas.policies.study_policy import fit_study_policy, policy_from_bytes
-from exitnas.search.export import pareto_points
-from exitnas.search.objective import SearchObjective
-from exitnas.search.rules import LEARNED, confidences, exit_indices, score_exits, softmax
-from exitnas.search.runner import DIRECTIONS, load_evaluator, load_searched, open_run
-from exitnas.search.samplers import create_sampler
-from exitnas.search.storage import open_store
+from exitnas.jobs.export import front as pareto_front
+from exitnas.jobs.query import export_answer, query_budget
+from exitnas.runs import Run
+from exitnas.search.budget import Budget, BudgetError
 from exitnas.supernet.batches import normalize
 from exitnas.supernet.checkpoint import load_weights
-from exitnas.supernet.evaluate import predict_exits
 
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.25)
-SHARED_THRESHOLDS = np.linspace(0.0, 1.0, 51)
-NARROWED = {  # ablation -> the SearchSpace fields it narrows
-    "no-reuse": {"reuse": (False,)},
-    "single-branch": {"max_branches": 1},
-    "linear-heads": {"head_types": ("linear",)},
-    "no-keep-rates": {"keep_rates": (1.0,)},
-}
-
-
-def fit_policy(candidates, labels, seed: int):
-    """The learned policy of a front (as ``exitnas policy fit``), or None without multi-exits."""
-    logits = list({c.point.config.key(): c.logits for c in candidates}.values())
-    try:
-        return fit_study_policy(logits, labels, random_state=seed)
-    except ValueError:
-        return None
-
-
-def shared_threshold_answer(candidates, labels, budget_mflops: float):
-    """Most accurate (config, one max-softmax threshold for every exit) within the budget."""
-    best = None
-    for c in candidates:
-        conf = confidences(softmax(c.logits), "max_softmax")
-        correct = c.logits.argmax(-1) == labels[None, :]
-        cumulative = np.cumsum(c.point.stage_flops) / 1e6
-        for t in SHARED_THRESHOLDS:
-            thresholds = np.full(c.logits.shape[0] - 1, t)
-            outcome = score_exits(exit_indices(conf, thresholds), correct, cumulative)
-            if outcome.expected_flops > budget_mflops * (1 + 1e-12):
-                continue
-            key = (outcome.accuracy, -outcome.expected_flops)
-            if best is None or key > best[0]:
-                best = (key, c, tuple(thresholds.tolist()))
-    return None if best is None else (best[1], "max_softmax", best[2], best[0][0])
-
-
-def narrowed_front(evaluator, study, space, trials: int) -> list:
-    """Pareto points of a new search (same sampler, seed, trials) in a narrowed space."""
-    sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna_study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
-    objective = SearchObjective(evaluator, study.search.rules, space=space)
-    optuna_study.optimize(objective, n_trials=trials, show_progress_bar=True)
-    return pareto_points(optuna_study, space)
 
 
 def alternate(functions: dict[str, Any], rounds: int) -> dict[str, float]:
@@ -126,63 +76,38 @@ def reached(points: list[dict], accuracy: float, key: str) -> float | None:
     return min(values) if values else None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, type=Path, help="a run after `exitnas run`")
     parser.add_argument("--baseline", required=True, type=Path, help="baseline_vit.py's --out")
     parser.add_argument("--out", required=True, type=Path, help="folder for JSON and plots")
     parser.add_argument("--storage")
     parser.add_argument("--fractions", type=float, nargs="+", default=FRACTIONS)
-    parser.add_argument("--ablations", nargs="*", default=["fixed-thresholds", *NARROWED])
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS))
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    model, study, url = open_run(args.run, args.storage)
-    splits, optuna_study = load_searched(study, args.run, url)
-    evaluator = load_evaluator(study, args.run, url, splits)
-    val_labels, test_labels = splits.val.labels.numpy(), splits.test.labels.numpy()
-    images = splits.test.images
-    trials = len(optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    return parser.parse_args()
 
-    base = json.loads((args.baseline / "baseline.json").read_text())
-    vit = plain_vit(study.space)
-    vit.load_state_dict(load_weights(args.baseline / "vit.safetensors")[0])
+
+def load_baseline(folder: Path, space) -> tuple[dict, torch.nn.Module]:
+    """``baseline_vit.py``'s results (``baseline.json``) and its trained ViT, in eval mode."""
+    base = json.loads((folder / "baseline.json").read_text())
+    vit = plain_vit(space)
+    vit.load_state_dict(load_weights(folder / "vit.safetensors")[0])
     vit.eval()
-    base_mflops, base_acc = base["mflops"], base["test_accuracy"]
-    budgets = [f * base_mflops for f in args.fractions]
-    print(
-        f"run {args.run} ({study.name}: {trials} trials), baseline {args.baseline}; test split "
-        f"{len(test_labels)} images; {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"median of {args.rounds} alternating rounds"
-    )
-    print(
-        f"baseline ViT: test accuracy {base_acc:.4f}, {base_mflops:.1f} MFLOPs, "
-        f"{base['epochs']} epochs"
-    )
+    return base, vit
 
-    test_cache: dict[str, np.ndarray] = {}
 
-    def test_logits(config) -> np.ndarray:
-        if config.key() not in test_cache:
-            test_cache[config.key()] = predict_exits(
-                model, images, splits.mean, splits.std, config=config
-            )
-        return test_cache[config.key()]
-
-    def candidates_of(points) -> list[Candidate]:
-        return [Candidate(p, evaluator.logits(p.config)[0]) for p in points]
-
-    # -- exitnas: the searched front ---------------------------------------------------------
-    points = pareto_points(optuna_study, study.space)
-    front = []
+def front_rows(run: Run, test: TestLogits) -> list[dict]:
+    """The searched front, each point with its searched thresholds, on the test split."""
+    rows = []
     print("\n| point | config | rule | val acc | test acc | MFLOPs (test) |")
     print("|---:|---|---|---:|---:|---:|")
-    for p in points:
+    for p in pareto_front(run):
         acc, mflops = test_point(
-            test_logits(p.config), test_labels, p.stage_flops, p.rule.rule, p.rule.thresholds
+            test(p.config), test.labels, p.stage_flops, p.rule.rule, p.rule.thresholds
         )
-        front.append(
+        rows.append(
             {
                 "index": p.index,
                 "val_accuracy": p.accuracy,
@@ -195,18 +120,34 @@ def main() -> None:
             f"| {p.index} | {describe(p.config)} | {p.rule.rule} | {p.accuracy:.4f} | "
             f"{acc:.4f} | {mflops:.3g} |"
         )
+    return rows
 
-    # -- exitnas: budget sweep, exported bundles, real early exit ----------------------------
-    store = open_store(url)
-    stored = store.get_policy(study.name, "learned")
-    policy = policy_from_bytes(stored.blob) if stored else None
-    candidates = candidates_of(points)
+
+def measure(bundle, baseline, test: TestLogits, batch: int, rounds: int) -> tuple[float, ...]:
+    """A bundle's real early exit on the test split: accuracy, MFLOPs spent, and ms per image
+    of it and of ``baseline()``, timed in alternating rounds."""
+    images = test.run.splits.test.images
+    prediction = bundle.predict(images, batch_size=batch)
+    accuracy = float((prediction.labels == test.labels).mean())
+    mflops = float(prediction.flops.mean() / 1e6)
+    seconds = alternate(
+        {"exitnas": lambda: bundle.predict(images, batch_size=batch), "baseline": baseline},
+        rounds,
+    )
+    ms, base_ms = (seconds[k] * 1e3 / len(images) for k in ("exitnas", "baseline"))
+    return accuracy, mflops, ms, base_ms
+
+
+def budget_sweep(run: Run, test: TestLogits, vit, base_mflops: float, args) -> list[dict]:
+    """``exitnas policy query``'s answer for each budget, exported and run on the test split."""
+    images, mean, std = run.splits.test.images, run.splits.mean, run.splits.std
     batches = [images[i : i + args.batch] for i in range(0, len(images), args.batch)]
+    budgets = [f * base_mflops for f in args.fractions]
 
     def run_baseline() -> None:
         with torch.inference_mode():
             for batch in batches:
-                vit(normalize(batch, splits.mean, splits.std))
+                vit(normalize(batch, mean, std))
 
     sweep = []
     print(
@@ -217,28 +158,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fraction, budget in zip(args.fractions, budgets, strict=True):
             try:
-                answer = answer_budget(
-                    candidates, val_labels, Budget("mflops", budget), policy=policy
-                )
+                result = query_budget(run, Budget("mflops", budget))
             except BudgetError as err:
                 print(f"| {fraction:g} | below the cheapest configuration: {err} |")
                 continue
             out = Path(tmp) / f"b{fraction:g}"
-            used = policy if answer.rule.rule == LEARNED else None
-            result = QueryResult(answer, model, study, splits, stored and stored.name, used)
-            export_query_result(result, args.run, out)  # what `exitnas export --budget-...` writes
+            export_answer(result, out)  # what `exitnas export --budget-...` writes
             bundle = exitnas.load(out)
-            prediction = bundle.predict(images, batch_size=args.batch)
-            accuracy = float((prediction.labels == test_labels).mean())
-            mflops = float(prediction.flops.mean() / 1e6)
-            seconds = alternate(
-                {
-                    "exitnas": lambda b=bundle: b.predict(images, batch_size=args.batch),
-                    "baseline": run_baseline,
-                },
-                args.rounds,
+            accuracy, mflops, ms, base_ms = measure(
+                bundle, run_baseline, test, args.batch, args.rounds
             )
-            ms, base_ms = (seconds[k] * 1e3 / len(images) for k in ("exitnas", "baseline"))
+            answer = result.answer
             row = {
                 "fraction": fraction,
                 "budget_mflops": budget,
@@ -258,79 +188,33 @@ def main() -> None:
                 f"{accuracy:.4f} | {mflops:.3g} | {row['flops_fraction']:.3f} | {ms:.3f} | "
                 f"{base_ms:.3f} | {row['latency_fraction']:.3f} |"
             )
+    return sweep
 
-    # -- ablations ---------------------------------------------------------------------------
-    ablations: dict[str, list[dict]] = {}
-    for name in args.ablations:
-        if name == "fixed-thresholds":
-            arm_candidates, arm_policy = candidates, None
-        else:
-            space = replace(study.space, **NARROWED[name])
-            print(f"\nablation {name}: {trials} trials in the narrowed space", flush=True)
-            arm_points = narrowed_front(evaluator, study, space, trials)
-            arm_candidates = candidates_of(arm_points)
-            arm_policy = fit_policy(arm_candidates, val_labels, study.seed)
-        rows = []
-        for fraction, budget in zip(args.fractions, budgets, strict=True):
-            if name == "fixed-thresholds":
-                found = shared_threshold_answer(arm_candidates, val_labels, budget)
-                if found is None:
-                    continue
-                chosen, rule, thresholds, val_acc = found
-                chosen_point = chosen.point
-            else:
-                try:
-                    answer = answer_budget(
-                        arm_candidates, val_labels, Budget("mflops", budget), policy=arm_policy
-                    )
-                except BudgetError:
-                    continue
-                chosen_point = answer.point
-                rule, thresholds, val_acc = (
-                    answer.rule.rule,
-                    answer.rule.thresholds,
-                    answer.accuracy,
-                )
-            config = chosen_point.config
-            acc, mflops = test_point(
-                test_logits(config),
-                test_labels,
-                chosen_point.stage_flops,
-                rule,
-                thresholds,
-                arm_policy,
-            )
-            rows.append(
-                {
-                    "fraction": fraction,
-                    "config": describe(config),
-                    "rule": rule,
-                    "val_accuracy": val_acc,
-                    "test_accuracy": acc,
-                    "mflops": mflops,
-                }
-            )
-        ablations[name] = rows
 
+def print_arms(arms: dict[str, list[dict]], fractions, base_acc: float, base_mflops: float) -> None:
+    """Test accuracy (MFLOPs) of every arm at each budget, and its FLOPs at baseline accuracy."""
     print(
         "\n| arm | "
-        + " | ".join(f"{f:g}x" for f in args.fractions)
+        + " | ".join(f"{f:g}x" for f in fractions)
         + " | FLOPs fraction at baseline acc |"
     )
-    print("|---|" + "---:|" * (len(args.fractions) + 1))
-    for name, rows in {"exitnas": sweep, **ablations}.items():
+    print("|---|" + "---:|" * (len(fractions) + 1))
+    for name, rows in arms.items():
         by_fraction = {r["fraction"]: r for r in rows}
         cells = [
             f"{by_fraction[f]['test_accuracy']:.4f} ({by_fraction[f]['mflops']:.3g})"
             if f in by_fraction
             else "-"
-            for f in args.fractions
+            for f in fractions
         ]
         fewest = reached(rows, base_acc, "mflops")
         share = "not reached" if fewest is None else f"{fewest / base_mflops:.3f}"
         print(f"| {name} | " + " | ".join(cells) + f" | {share} |")
 
-    # -- headline ----------------------------------------------------------------------------
+
+def headline(sweep: list[dict], base_acc: float, base_mflops: float) -> dict[str, float | None]:
+    """Print and return the FLOPs and latency fractions at which the sweep reaches the
+    baseline's accuracy, and its accuracy gain at the baseline's FLOPs."""
     fewest = reached(sweep, base_acc, "flops_fraction")
     fastest = reached(sweep, base_acc, "latency_fraction")
     at_cost = [r["test_accuracy"] for r in sweep if r["mflops"] <= base_mflops * (1 + 1e-9)]
@@ -347,8 +231,51 @@ def main() -> None:
         print(f"latency fraction at equal accuracy: {fastest:.3f}")
     if at_cost:
         print(f"accuracy gain at the baseline's FLOPs: {max(at_cost) - base_acc:+.4f}")
+    return {
+        "flops_fraction_at_equal_accuracy": fewest,
+        "latency_fraction_at_equal_accuracy": fastest,
+        "accuracy_gain_at_baseline_flops": max(at_cost) - base_acc if at_cost else None,
+    }
 
-    args.out.mkdir(parents=True, exist_ok=True)
+
+def write_results(out: Path, result: dict, figure: go.Figure) -> None:
+    """``results.json``, ``tradeoff.html`` and (with kaleido) ``tradeoff.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    figure.write_html(out / "tradeoff.html", include_plotlyjs="cdn")
+    try:
+        figure.write_image(out / "tradeoff.png", width=900, height=560)
+    except (ImportError, ValueError, RuntimeError) as err:  # kaleido / a browser missing
+        print(f"no PNG ({type(err).__name__}: {err}); the HTML is written")
+    print(f"wrote {out}/results.json and tradeoff.html")
+
+
+def main() -> None:
+    args = parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = Run.open(args.run, args.storage)
+    study, test = run.study, TestLogits(run)
+    trials = len(run.searched().get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    base, vit = load_baseline(args.baseline, study.space)
+    base_mflops, base_acc = base["mflops"], base["test_accuracy"]
+    budgets = [f * base_mflops for f in args.fractions]
+    print(
+        f"run {args.run} ({study.name}: {trials} trials), baseline {args.baseline}; test split "
+        f"{len(test.labels)} images; {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"median of {args.rounds} alternating rounds"
+    )
+    print(
+        f"baseline ViT: test accuracy {base_acc:.4f}, {base_mflops:.1f} MFLOPs, "
+        f"{base['epochs']} epochs"
+    )
+    front = front_rows(run, test)
+    sweep = budget_sweep(run, test, vit, base_mflops, args)
+    ablations = {
+        name: ablation_rows(name, run, trials, test, args.fractions, budgets)
+        for name in args.ablations
+    }
+    print_arms({"exitnas": sweep, **ablations}, args.fractions, base_acc, base_mflops)
+    summary = headline(sweep, base_acc, base_mflops)
     result = {
         "run": str(args.run),
         "study": study.name,
@@ -357,18 +284,9 @@ def main() -> None:
         "front": front,
         "sweep": sweep,
         "ablations": ablations,
-        "flops_fraction_at_equal_accuracy": fewest,
-        "latency_fraction_at_equal_accuracy": fastest,
-        "accuracy_gain_at_baseline_flops": max(at_cost) - base_acc if at_cost else None,
+        **summary,
     }
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    figure = tradeoff_figure(study.name, base, front, sweep, ablations)
-    figure.write_html(args.out / "tradeoff.html", include_plotlyjs="cdn")
-    try:
-        figure.write_image(args.out / "tradeoff.png", width=900, height=560)
-    except (ImportError, ValueError, RuntimeError) as err:  # kaleido / a browser missing
-        print(f"no PNG ({type(err).__name__}: {err}); the HTML is written")
-    print(f"wrote {args.out}/results.json and tradeoff.html")
+    write_results(args.out, result, tradeoff_figure(study.name, base, front, sweep, ablations))
 
 
 def tradeoff_figure(name: str, base: dict, front, sweep, ablations) -> go.Figure:

@@ -17,8 +17,9 @@ import optuna
 
 from exitnas.reports.figures import exit_distribution_figure, pareto_figure, tradeoff_figure
 from exitnas.reports.info import build_report_info
-from exitnas.search.rules import ExitRule
-from exitnas.search.runner import load_evaluator, load_searched, open_run
+from exitnas.exits.rules import ExitRule
+from exitnas.search.objective import load_evaluator
+from exitnas.runs import load_searched, open_run
 
 
 def main() -> None:

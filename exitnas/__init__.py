@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from exitnas.bundle import ExitModel
+    from exitnas.deploy.bundle import ExitModel
 
 __version__ = "0.1.0"
 
@@ -18,7 +18,7 @@ __all__ = ["__version__", "load"]
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> ExitModel:
-    """Load an exported bundle (see :func:`exitnas.bundle.load`); torch is imported here."""
-    from exitnas.bundle import load as load_bundle
+    """Load an exported bundle (see :func:`exitnas.deploy.bundle.load`); torch is imported here."""
+    from exitnas.deploy.bundle import load as load_bundle
 
     return load_bundle(path, device)

@@ -2,7 +2,7 @@
 
 A package's ``__init__`` lists its public names and the module each lives in; a name is
 imported on first use (``exitnas.search.run_search``, ``from exitnas.search import
-run_search``). Importing ``exitnas.policies.policy_cli`` therefore runs no import of torch,
+run_search``). Importing ``exitnas.jobs.query`` therefore runs no import of torch,
 Optuna, SQLAlchemy or scikit-learn, and ``exitnas --help`` starts in a fraction of a second.
 Type checkers read the same names from imports under ``if TYPE_CHECKING:`` in the package.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -11,6 +14,14 @@ import torch
 from exitnas.data import DataSplits, ImageSplit, load_splits
 from exitnas.spaces import DataConfig, SearchConfig, SearchSpace, StudyConfig, TrainingConfig
 from exitnas.supernet.registry import exitnas_tiny
+
+
+class SearchedRun(NamedTuple):
+    """A trained and searched tiny run."""
+
+    study: StudyConfig
+    run: Path  # the run folder (shared: do not write into it)
+    url: str  # the searched study's SQLite URL
 
 
 @pytest.fixture
@@ -85,3 +96,27 @@ def trained_run(tmp_path_factory, digits: DataSplits):
     run = tmp_path_factory.mktemp("tiny-run")
     train_supernet(study, small, run, progress=False)
     return study, run
+
+
+@pytest.fixture(scope="session")
+def searched_run(trained_run, tmp_path_factory) -> SearchedRun:
+    """``trained_run`` searched once for the whole session: 30 random trials in a database of
+    its own. Tests that add to the database (profiles, policies) work on a copy:
+    ``searched_copy``."""
+    from exitnas.search import run_search
+
+    study, run = trained_run
+    study = replace(study, search=replace(study.search, sampler="random"))
+    url = f"sqlite:///{tmp_path_factory.mktemp('searched') / 'study.db'}"
+    run_search(study, run, trials=30, storage=url, progress=False)
+    return SearchedRun(study, run, url)
+
+
+@pytest.fixture(scope="module")
+def searched_copy(searched_run: SearchedRun, tmp_path_factory) -> SearchedRun:
+    """``searched_run`` with its database copied for one test module: what the module adds
+    (profiles, policies, trials) stays in its copy."""
+    source = Path(searched_run.url.removeprefix("sqlite:///"))
+    target = tmp_path_factory.mktemp("searched-copy") / source.name
+    shutil.copyfile(source, target)
+    return searched_run._replace(url=f"sqlite:///{target}")

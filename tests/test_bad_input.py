@@ -25,8 +25,8 @@ import yaml
 from PIL import Image
 
 import exitnas
-from exitnas.bundle import BundleError
 from exitnas.cli import main
+from exitnas.deploy.bundle import BundleError
 from exitnas.errors import ExitnasError
 from exitnas.spaces import load_study
 
@@ -489,7 +489,8 @@ def test_api_bundle_crafted_pickle_never_runs(searched, tmp_path: Path) -> None:
 
 
 def test_api_crafted_pickle_as_a_policy_is_refused(tmp_path: Path) -> None:
-    from exitnas.policies.study_policy import PolicyError, policy_from_bytes
+    from exitnas.exits.options import PolicyError
+    from exitnas.exits.policy import policy_from_bytes
 
     crafted_pickle(tmp_path / "policy.skops")
     with pytest.raises(PolicyError, match="not a readable exit policy"):

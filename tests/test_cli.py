@@ -219,7 +219,9 @@ def test_start_up_imports_no_heavy_library(tmp_path: Path) -> None:
     assert result.stderr.count("unknown key 'epochz'") == 3
 
 
-@pytest.mark.parametrize("package", ["data", "policies", "reports", "search", "supernet"])
+@pytest.mark.parametrize(
+    "package", ["data", "deploy", "devices", "exits", "reports", "search", "storage", "supernet"]
+)
 def test_lazy_packages_serve_every_public_name(package: str) -> None:
     import importlib
 

@@ -15,10 +15,10 @@ import yaml
 
 import exitnas
 from exitnas.cli import main
-from exitnas.search.export import read_front_json
-from exitnas.search.rules import confidences, exit_indices, softmax
-from exitnas.search.storage import open_store
+from exitnas.exits.rules import confidences, exit_indices, softmax
+from exitnas.search.front import read_front_json
 from exitnas.spaces import StudyConfig
+from exitnas.storage.urls import open_store
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,9 @@ def test_run_does_the_whole_job(ran, capsys) -> None:
     bundle = exitnas.load(deploy / "bundle")
     assert bundle.meta["pareto"]["trial_number"] == answer["trial_number"]
     assert bundle.meta["val_accuracy"] == answer["expected"]["val_accuracy"]
-    from exitnas.search.runner import load_searched, open_run
+    from exitnas.runs import Run
 
-    _, loaded, url = open_run(run)
-    splits, _ = load_searched(loaded, run, url)
+    splits = Run.open(run).splits
     prediction = bundle.predict(splits.val.images)
     accuracy = float(np.mean(prediction.labels == splits.val.labels.numpy()))
     if answer["rule"]["rule"] == "learned":
@@ -153,9 +152,9 @@ def test_every_artefact_states_what_predict_does(deployed, rule: str) -> None:
     printed table and the report say about the deployed point exactly what the bundle's
     ``predict`` does on the validation split: labels and FLOPs exactly, latency to the
     precision printed."""
-    from exitnas.pipeline import run_pipeline
-    from exitnas.policies.costs import expected_ms, load_device_costs
-    from exitnas.search.runner import load_searched, open_run
+    from exitnas.devices.costs import expected_ms, load_device_costs
+    from exitnas.jobs.pipeline import run_pipeline
+    from exitnas.runs import Run
 
     study, run = deployed
     summary = run_pipeline(study, run, device="cpu", progress=False, rule=rule)
@@ -165,8 +164,8 @@ def test_every_artefact_states_what_predict_does(deployed, rule: str) -> None:
     assert answer["policy"] == ("learned" if rule == "learned" else None)
 
     bundle = exitnas.load(deploy / "bundle")
-    _, loaded, url = open_run(run)
-    splits, _ = load_searched(loaded, run, url)
+    opened = Run.open(run)
+    splits, loaded, url = opened.splits, opened.study, opened.url
     labels = splits.val.labels.numpy()
     prediction = bundle.predict(splits.val.images, batch_size=13)
     # exits and labels: what the stated rule does on the cached logits

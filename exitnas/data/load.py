@@ -77,22 +77,9 @@ def load_splits(
     """
     _check_arguments(dataset, path, image_size, val_fraction, seed, in_chans)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
-    if dataset == "digits" or (dataset == "cifar10" and path is None and download):
-        _check_built_in(dataset, in_chans, num_classes)
-    if dataset == "digits":
-        train, test = _carve_test(load_digit_arrays(image_size), seed)
-    elif path is not None:
-        chans = 3 if in_chans is None else in_chans
-        train, test = _load_folder(path, image_size, seed, root, chans, num_classes, progress)
-    elif dataset == "cifar10" and download:
-        train, test = download_cifar10(root, image_size)
-    elif dataset == "cifar10":
-        raise DataError(
-            "cifar10 needs a path: pass --data pointing at a class-per-folder copy "
-            "(train/ and test/ folders or train.tar and test.tar), or allow download"
-        )
-    else:
-        raise DataError("dataset 'folder' needs a path to a class-per-folder directory or tar")
+    train, test = _load_source(
+        dataset, path, image_size, seed, root, download, in_chans, num_classes, progress
+    )
     kept, val_idx = stratified_carve(
         train.labels, val_fraction, np.random.default_rng((seed, _VAL_STREAM)), "validation"
     )
@@ -107,6 +94,35 @@ def load_splits(
         mean=mean,
         std=std,
     )
+
+
+def _load_source(
+    dataset: str,
+    path: str | os.PathLike[str] | None,
+    image_size: int,
+    seed: int,
+    cache_dir: Path,
+    download: bool,
+    in_chans: int | None,
+    num_classes: int | None,
+    progress: bool,
+) -> tuple[ImageArrays, ImageArrays]:
+    """The source's train and test arrays (a test part carved when it has none)."""
+    if dataset == "digits" or (dataset == "cifar10" and path is None and download):
+        _check_built_in(dataset, in_chans, num_classes)
+    if dataset == "digits":
+        return _carve_test(load_digit_arrays(image_size), seed)
+    if path is not None:
+        chans = 3 if in_chans is None else in_chans
+        return _load_folder(path, image_size, seed, cache_dir, chans, num_classes, progress)
+    if dataset == "cifar10" and download:
+        return download_cifar10(cache_dir, image_size)
+    if dataset == "cifar10":
+        raise DataError(
+            "cifar10 needs a path: pass --data pointing at a class-per-folder copy "
+            "(train/ and test/ folders or train.tar and test.tar), or allow download"
+        )
+    raise DataError("dataset 'folder' needs a path to a class-per-folder directory or tar")
 
 
 def _check_arguments(

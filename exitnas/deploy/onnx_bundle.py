@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-from exitnas.bundle import BundleError
 from exitnas.deploy import onnx_runtime
+from exitnas.deploy.bundle import BundleError
 from exitnas.deploy.onnx_runtime import OnnxExitModel
 
 __all__ = ["OnnxBundleError", "load_onnx"]

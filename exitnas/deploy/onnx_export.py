@@ -1,6 +1,6 @@
 """ONNX bundles: a bundle's sub-network as one graph per stage, plus the NumPy/ONNX Runtime runtime.
 
-An ONNX bundle is an ordinary bundle (``exitnas.search.export``) with more files:
+An ONNX bundle is an ordinary bundle (``exitnas.search.front``) with more files:
 
 - ``onnx/stage_<k>.onnx``: stage k (:mod:`exitnas.deploy.stage_graphs`), dynamic batch axis;
 - ``onnx/stages.json``: the stages' inputs, outputs, shapes, dtypes, FLOPs and wiring, the
@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import exitnas
+from exitnas.deploy.format import POLICY_FILE
 from exitnas.deploy.stage_graphs import DEFAULT_OPSET, OnnxExportError, export_stage_graphs
-from exitnas.search.export import POLICY_FILE, check_out_dir, write_manifest
+from exitnas.deploy.write import check_out_dir, write_manifest
 from exitnas.supernet.subnet import ExitViT
 
 __all__ = [
@@ -142,7 +143,7 @@ def export_onnx(
         ExportError: ``out_dir`` exists and is not empty (nothing is touched).
         OnnxExportError: the onnx extra is missing, or a stage or the policy does not export.
     """
-    from exitnas.bundle import load
+    from exitnas.deploy.bundle import load
 
     _require_onnx()
     source = Path(bundle_dir)

@@ -5,11 +5,13 @@ A *profiling kit* is a folder a device needs only Python, NumPy and ONNX Runtime
 - ``configs/<i>-<key>/``: one ONNX bundle per configuration (stage graphs, ``config.json``
   with no exit rule worth running, its own manifest);
 - ``kit.json``: the study's key, the supernet weights' hash, the image size and, for every
-  configuration, its stages' descriptive features (``exitnas.policies.profile.StageFeatures``
+  configuration, its stages' descriptive features (``exitnas.devices.profile.StageFeatures``
   without the batch size), which the device copies into its timings;
 - ``exitnas_runtime.py``: the runtime; ``python exitnas_runtime.py profile KIT --out P.json``
   times every stage at the requested batch sizes (warm-up, interleaved passes, fixed threads)
   and writes a device profile that ``exitnas profile --import`` reads;
+- ``exitnas_profiler.py``: what that command runs (:mod:`exitnas.deploy.onnx_kit_runtime`,
+  copied unchanged; it imports the runtime beside it);
 - ``manifest.json``: sha256 and size of every file.
 
 Example:
@@ -31,28 +33,37 @@ from pathlib import Path
 from typing import Any
 
 import exitnas
+from exitnas.deploy.format import BUNDLE_FORMAT
 from exitnas.deploy.onnx_export import RUNTIME_FILE, runtime_source, write_onnx_files
+from exitnas.deploy.overheads import standin_policy
 from exitnas.deploy.policy_graph import export_policy_graph
 from exitnas.deploy.stage_graphs import DEFAULT_OPSET, OnnxExportError
-from exitnas.policies.options import ProfileError
-from exitnas.policies.overheads import standin_policy
-from exitnas.policies.profile import DeviceProfile, RuntimeOverhead, StageTiming, stage_features
-from exitnas.search.export import BUNDLE_FORMAT, check_out_dir, staged_folder, write_manifest
+from exitnas.deploy.write import check_out_dir, staged_folder, write_manifest
+from exitnas.devices.errors import ProfileError
+from exitnas.devices.profile import DeviceProfile, RuntimeOverhead, StageTiming, stage_features
 from exitnas.spaces._parse import to_dict
 from exitnas.supernet.subnet import ExitViT
 
 __all__ = [
     "KIT_FILE",
+    "PROFILER_FILE",
     "measure_onnx_stage_latencies",
     "onnx_device",
+    "profiler_source",
     "read_kit_profile",
     "write_profile_kit",
 ]
 
 KIT_FILE = "kit.json"
 KIT_POLICY = "policy.onnx"  # a stand-in learned policy, timed per exit decision
-KIT_FORMAT = "exitnas.profile_kit"  # the runtime's KIT_FORMAT
+KIT_FORMAT = "exitnas.profile_kit"  # the profiler's KIT_FORMAT
 KIT_VERSION = 1
+PROFILER_FILE = "exitnas_profiler.py"
+
+
+def profiler_source() -> Path:
+    """The profiler copied into kits (``exitnas/deploy/onnx_kit_runtime.py``)."""
+    return Path(__file__).with_name("onnx_kit_runtime.py")
 
 
 def onnx_device(provider: str = "CPUExecutionProvider") -> str:
@@ -99,23 +110,10 @@ def write_profile_kit(
             names: list[str] = []
             configs: list[dict[str, Any]] = []
             for i, model in enumerate(models):
-                key = model.config.key()
-                folder = f"configs/{i:03d}-{key}"
+                folder = f"configs/{i:03d}-{model.config.key()}"
                 written = _write_config(model, tmp / folder, image_size, opset)
                 names += [f"{folder}/{name}" for name in written]
-                stages = []
-                for features in stage_features(model.space, model.config):
-                    row = asdict(features)
-                    del row["batch_size"]  # the device sets it
-                    stages.append(row)
-                configs.append(
-                    {
-                        "key": key,
-                        "folder": folder,
-                        "config": model.config.to_dict(),
-                        "stages": stages,
-                    }
-                )
+                configs.append(_config_entry(model, folder))
                 if progress is not None:
                     progress()
             # a stand-in learned policy of the default estimator: its cost per exit decision
@@ -138,10 +136,27 @@ def write_profile_kit(
             }
             (tmp / KIT_FILE).write_text(json.dumps(kit, indent=2) + "\n", encoding="utf-8")
             shutil.copyfile(runtime_source(), tmp / RUNTIME_FILE)
-            write_manifest(tmp, [*names, KIT_FILE, RUNTIME_FILE])
+            shutil.copyfile(profiler_source(), tmp / PROFILER_FILE)
+            write_manifest(tmp, [*names, KIT_FILE, RUNTIME_FILE, PROFILER_FILE])
     except OSError as err:
         raise OnnxExportError(f"cannot write profiling kit {out}: {err}") from None
     return out
+
+
+def _config_entry(model: ExitViT, folder: str) -> dict[str, Any]:
+    """``kit.json``'s entry of one configuration: its key, folder, config and its stages'
+    features (without the batch size, which the device sets)."""
+    stages = []
+    for features in stage_features(model.space, model.config):
+        row = asdict(features)
+        del row["batch_size"]  # the device sets it
+        stages.append(row)
+    return {
+        "key": model.config.key(),
+        "folder": folder,
+        "config": model.config.to_dict(),
+        "stages": stages,
+    }
 
 
 def _write_config(model: ExitViT, folder: Path, image_size: int, opset: int) -> list[str]:
@@ -204,7 +219,7 @@ def measure_onnx_stage_latencies(
 ) -> tuple[list[StageTiming], tuple[RuntimeOverhead, ...], str]:
     """Time every stage of ``models`` with ONNX Runtime on this machine, as a kit would.
 
-    The models go through a temporary kit and the runtime's ``profile_kit``: the same graphs,
+    The models go through a temporary kit and the profiler's ``profile_kit``: the same graphs,
     warm-up, interleaved passes and thread count as on a device.
 
     Args:
@@ -220,13 +235,13 @@ def measure_onnx_stage_latencies(
 
     Returns:
         ``(timings, overheads, runtime)``: one
-        :class:`~exitnas.policies.profile.StageTiming` per (model, batch size, stage), the
-        runtime's :class:`~exitnas.policies.profile.RuntimeOverhead` per batch size, and the
+        :class:`~exitnas.devices.profile.StageTiming` per (model, batch size, stage), the
+        runtime's :class:`~exitnas.devices.profile.RuntimeOverhead` per batch size, and the
         runtime's name; pass them to ``DeviceProfile.create(..., overheads=overheads,
         runtime=runtime, threads=threads)``.
     """
     from exitnas.deploy.onnx_bundle import OnnxBundleError
-    from exitnas.deploy.onnx_runtime import profile_kit
+    from exitnas.deploy.onnx_kit_runtime import profile_kit
 
     with tempfile.TemporaryDirectory(prefix="exitnas-onnx-profile-") as tmp:
         kit = write_profile_kit(models, Path(tmp) / "kit", study_key="", image_size=image_size)

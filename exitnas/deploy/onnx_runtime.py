@@ -2,7 +2,9 @@
 
 This one file needs only Python 3.10+, NumPy and ONNX Runtime (no PyTorch, no exitnas). It sits in
 the exitnas package as ``exitnas/deploy/onnx_runtime.py`` and is copied unchanged into every ONNX
-bundle as ``exitnas_runtime.py``, so a target device needs nothing but the bundle folder.
+bundle as ``exitnas_runtime.py``, so a target device needs nothing but the bundle folder. A
+profiling kit carries it too, beside ``exitnas_profiler.py``
+(:mod:`exitnas.deploy.onnx_kit_runtime`), which its ``profile`` command runs.
 
 A bundle holds ``config.json`` (image size, normalisation, exit rule), ``onnx/stages.json`` (the
 stage graphs, their inputs and outputs, FLOPs), ``onnx/stage_<k>.onnx``, ``onnx/policy.onnx`` for
@@ -31,12 +33,8 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +50,8 @@ __all__ = [
     "exit_features",
     "load",
     "main",
-    "profile_kit",
     "session_options",
     "softmax",
-    "time_stages",
     "verify_files",
 ]
 
@@ -64,17 +60,13 @@ BUNDLE_FORMAT = 1  # version of manifest.json and config.json
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 STAGES = "onnx/stages.json"
-KIT = "kit.json"
-KIT_FORMAT = "exitnas.profile_kit"
-PROFILE_FORMAT = "exitnas.device_profile"  # what ``exitnas profile --import`` reads
-PROFILE_VERSION = 2
 RULES = ("max_softmax", "entropy", "margin")
 LEARNED = "learned"
 # A learned policy's score computed by ONNX Runtime differs from scikit-learn's by a few ulps
 # (another summation order); calibrated thresholds often equal a score exactly, so a sample
 # exits when its score reaches the threshold less this.
 SCORE_TOLERANCE = 1e-10
-# Columns of exit_features, as in exitnas.policies.learned.FEATURES.
+# Columns of exit_features, as in exitnas.exits.learned.FEATURES.
 FEATURES = (
     "max_probability",
     "margin",
@@ -189,7 +181,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-# -- exit rules (as exitnas.search.rules and exitnas.policies.learned) ----------------------
+# -- exit rules (as exitnas.exits.rules and exitnas.exits.learned) ----------------------
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -516,232 +508,6 @@ def load(
         raise error(f"{folder / CONFIG} is incomplete ({err!r})") from None
 
 
-# -- timing ---------------------------------------------------------------------------------
-
-
-def time_stages(
-    model: OnnxExitModel,
-    images: np.ndarray,
-    batch_size: int,
-    *,
-    warmup: int = 3,
-    repeats: int = 10,
-) -> np.ndarray:
-    """``(repeats, stages)`` milliseconds of every stage of ``model`` at ``batch_size``.
-
-    The state entering each stage is prepared untimed (every stage run on ``images``, repeated
-    or cut to ``batch_size``); then every stage runs ``warmup`` times untimed and ``repeats``
-    times timed, round-robin over the stages, as ``exitnas profile`` times torch stages.
-
-    Args:
-        model: a loaded bundle (its sessions' thread count is what gets measured).
-        images: uint8 ``(n, C, H, W)`` images.
-        batch_size: samples per run.
-        warmup: untimed runs of every stage first.
-        repeats: timed runs of every stage.
-    """
-    reps = -(-batch_size // len(images))
-    batch = np.concatenate([images] * reps)[:batch_size]
-    states = model.stage_states(batch)
-    for _ in range(warmup):
-        for k, state in enumerate(states):
-            model.run_stage(k, state)
-    samples = np.zeros((repeats, len(states)))
-    for r in range(repeats):
-        for k, state in enumerate(states):
-            start = time.perf_counter()
-            model.run_stage(k, state)
-            samples[r, k] = (time.perf_counter() - start) * 1e3
-    return samples
-
-
-def fit_overhead(
-    batch_size: int, residuals: list[tuple[int, float]], policy_ms: float = 0.0
-) -> dict[str, Any]:
-    """``fixed + stages x per stage`` fitted to ``(stages, ms per image)`` residuals (``predict``
-    minus its stages), both non-negative, as exitnas's ``fit_overhead``."""
-    stages = np.array([n for n, _ in residuals], dtype=float)
-    ms = np.array([r for _, r in residuals], dtype=float)
-    fixed, per_stage = 0.0, max(0.0, float(np.median(ms / stages)))
-    if np.unique(stages).size > 1:
-        design = np.stack([np.ones_like(stages), stages], 1)
-        (fixed, per_stage), *_ = np.linalg.lstsq(design, ms, rcond=None)
-        if per_stage < 0:  # the non-negative least squares: one of the two is zero
-            fixed, per_stage = max(0.0, float(ms.mean())), 0.0
-        elif fixed < 0:
-            fixed, per_stage = 0.0, max(0.0, float(stages @ ms / (stages @ stages)))
-    return {
-        "batch_size": batch_size,
-        "fixed_ms": float(fixed),
-        "stage_ms": float(per_stage),
-        "policy_ms": max(0.0, float(policy_ms)),
-    }
-
-
-def _ms_per_image(run: Any, images: int, repeats: int) -> float:
-    """Median over ``repeats`` of ``run()``'s milliseconds per image (one untimed run first)."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1e3 / images)
-    return float(np.median(samples))
-
-
-def measure_overheads(
-    models: list[OnnxExitModel],
-    stage_ms: dict[tuple[int, int], float],
-    batch_sizes: tuple[int, ...],
-    *,
-    policy: tuple[ort.InferenceSession | None, dict[str, Any]] | None = None,
-    num_classes: int = 10,
-    repeats: int = 5,
-) -> list[dict[str, Any]]:
-    """What ``predict`` costs beyond its stages, per batch size.
-
-    Each model runs ``predict`` with every sample sent to its last exit (a kit's rule); its
-    stages' median ms per image (``stage_ms[model index, batch size]``) are subtracted, and
-    :func:`fit_overhead` fits the rest. ``policy`` (a stand-in policy graph and its entry)
-    is timed per exit decision.
-    """
-    overheads = []
-    rng = np.random.default_rng(0)
-    for bs in batch_sizes:
-        n = bs * max(1, 32 // bs)
-        residuals = []
-        for i, model in enumerate(models):
-            shape = (n, model.in_chans, model.image_size, model.image_size)
-            images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-            ms = _ms_per_image(partial(model.predict, images, batch_size=bs), n, repeats)
-            residuals.append((model.num_exits, ms - stage_ms[i, bs]))
-        policy_ms = 0.0
-        if policy is not None:
-            history = rng.normal(size=(2, bs, num_classes)).astype(np.float32)
-            score = partial(policy_scores, *policy, history, 3)
-            policy_ms = _ms_per_image(score, bs, 5 * repeats)
-        overheads.append(fit_overhead(bs, residuals, policy_ms))
-    return overheads
-
-
-def host_info(threads: int) -> dict[str, Any]:
-    """The machine, in the fields of exitnas's ``HostInfo`` (no torch here: its version is "")."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count() or 0,
-        "torch_version": "",
-        "threads": threads,
-    }
-
-
-def profile_kit(
-    kit_dir: str | os.PathLike[str],
-    *,
-    batch_sizes: tuple[int, ...] = (1, 32),
-    warmup: int = 3,
-    repeats: int = 10,
-    passes: int = 2,
-    threads: int = 1,
-    providers: list[str] | None = None,
-    progress: bool = False,
-    error: type[Exception] = BundleError,
-) -> dict[str, Any]:
-    """Time every stage of every configuration of a profiling kit; returns a device profile.
-
-    The repeats are split into ``passes`` interleaved passes over all configurations (a slow
-    drift of the machine's speed lands on every configuration alike), as ``exitnas profile``.
-
-    Args:
-        kit_dir: the kit folder (``exitnas profile --kit``): ``kit.json``, one bundle-like
-            folder per configuration, ``manifest.json``.
-        batch_sizes: batch sizes to time.
-        warmup: untimed runs of every stage before timing, per batch size and pass.
-        repeats: timed runs of every (stage, batch size); at least ``passes``.
-        passes: interleaved passes over the configurations.
-        threads: ONNX Runtime intra-op threads.
-        providers: execution providers, ``["CPUExecutionProvider"]`` by default.
-        progress: print one line per configuration and pass to stderr.
-        error: exception class raised.
-
-    Returns:
-        A JSON-ready device profile that ``exitnas profile --import`` reads.
-    """
-    if repeats < 1 or warmup < 0 or not 1 <= passes <= repeats:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, 1 <= passes <= repeats; got {repeats}")
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"batch_sizes must be positive, got {tuple(batch_sizes)}")
-    folder = Path(kit_dir)
-    verify_files(folder, (KIT,), error)
-    kit = read_json(folder / KIT, error)
-    if kit.get("format") != KIT_FORMAT or kit.get("version") != RUNTIME_FORMAT:
-        raise error(f"{folder / KIT} is not an exitnas profiling kit of version {RUNTIME_FORMAT}")
-    providers = list(providers or ["CPUExecutionProvider"])
-    try:
-        configs = list(kit["configs"])
-        folders = [folder / str(c["folder"]) for c in configs]
-        shape = (8, int(kit["in_chans"]), int(kit["image_size"]), int(kit["image_size"]))
-    except (KeyError, TypeError, ValueError) as err:
-        raise error(f"{folder / KIT} is incomplete ({err!r})") from None
-    models = [load(f, threads=threads, providers=providers, error=error) for f in folders]
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    shares = [repeats // passes + (p < repeats % passes) for p in range(passes)]
-    samples: dict[tuple[int, int], list[np.ndarray]] = {
-        (i, bs): [] for i in range(len(models)) for bs in batch_sizes
-    }
-    for p, share in enumerate(shares):
-        for i, model in enumerate(models):
-            for bs in batch_sizes:
-                samples[i, bs].append(time_stages(model, images, bs, warmup=warmup, repeats=share))
-            if progress:
-                print(f"pass {p + 1}/{passes}: {configs[i]['key']} timed", file=sys.stderr)
-    timings = []
-    stage_ms: dict[tuple[int, int], float] = {}  # (config, batch size) -> ms per image
-    for i, config in enumerate(configs):
-        for bs in batch_sizes:
-            times = np.concatenate(samples[i, bs])
-            p10, median, p90 = np.percentile(times, [10, 50, 90], axis=0)
-            stage_ms[i, bs] = float(median.sum()) / bs
-            for k, features in enumerate(config["stages"]):
-                timing = dict(features, batch_size=bs)
-                timing.update(
-                    median_ms=float(median[k]), p10_ms=float(p10[k]), p90_ms=float(p90[k])
-                )
-                timings.append(timing)
-    policy = None
-    info = kit.get("policy")
-    if info:
-        session = None
-        if "file" in info:
-            path = str(folder / str(info["file"]))
-            session = ort.InferenceSession(path, session_options(threads), providers=providers)
-        policy = (session, info)
-    num_classes = int(kit.get("num_classes", 10))
-    overheads = measure_overheads(
-        models, stage_ms, batch_sizes, policy=policy, num_classes=num_classes
-    )
-    return {
-        "format": PROFILE_FORMAT,
-        "version": PROFILE_VERSION,
-        "device": f"onnxruntime {ort.__version__} {providers[0]}",
-        "host": host_info(threads),
-        "study_key": kit["study_key"],
-        "weights_hash": kit.get("weights_hash", ""),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": timings,
-        "overheads": overheads,
-        "runtime": f"onnxruntime {ort.__version__} {providers[0]}",
-        "runtime_detail": {
-            "name": "onnxruntime",
-            "version": ort.__version__,
-            "providers": providers,
-            "threads": threads,
-            "kit_sha256": file_sha256(folder / KIT),
-        },
-    }
-
-
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -768,39 +534,23 @@ def _predict_main(argv: list[str]) -> int:
     return 0
 
 
-def _profile_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="exitnas_runtime.py profile",
-        description="Time every stage of an exitnas profiling kit with ONNX Runtime.",
-    )
-    parser.add_argument("kit", help="the kit folder (exitnas profile --kit)")
-    parser.add_argument("--out", required=True, help="profile JSON to write (not replaced)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--provider", default="CPUExecutionProvider", help="execution provider")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists():
-        raise BundleError(f"{out} exists; choose another --out (it is not replaced)")
+def _profiler() -> Any:
+    """The kit's profiler: ``exitnas_profiler.py`` beside this file in a kit,
+    :mod:`exitnas.deploy.onnx_kit_runtime` in exitnas."""
+    if __package__:
+        from . import onnx_kit_runtime
+
+        return onnx_kit_runtime
     try:
-        profile = profile_kit(
-            args.kit,
-            batch_sizes=tuple(args.batch_sizes),
-            warmup=args.warmup,
-            repeats=args.repeats,
-            passes=args.passes,
-            threads=args.threads,
-            providers=[args.provider],
-            progress=True,
-        )
-    except ValueError as err:
-        raise BundleError(str(err)) from None
-    out.write_text(json.dumps(profile, indent=1, sort_keys=True), encoding="utf-8")
-    print(f"wrote {out}: {len(profile['timings'])} stage timings")
-    return 0
+        import exitnas_profiler
+    except ModuleNotFoundError as err:
+        if err.name != "exitnas_profiler":
+            raise
+        raise BundleError(
+            "profile needs exitnas_profiler.py beside exitnas_runtime.py (a kit written by "
+            "exitnas profile --kit)"
+        ) from None
+    return exitnas_profiler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -808,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["profile"]:
-            return _profile_main(argv[1:])
+            # run as a script, this module is __main__ and the profiler imports its own copy
+            # of exitnas_runtime: it raises this module's BundleError, caught below
+            return _profiler().profile_main(argv[1:], error=BundleError)
         return _predict_main(argv)
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)

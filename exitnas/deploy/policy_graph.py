@@ -18,13 +18,14 @@ Every graph takes ``features`` ``(N, F)`` float64 and returns ``probabilities`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from exitnas.deploy.stage_graphs import OnnxExportError
-from exitnas.policies.learned import FEATURES, LearnedExitPolicy
+from exitnas.exits.learned import FEATURES, LearnedExitPolicy
 
 __all__ = ["export_policy_graph"]
 
@@ -84,6 +85,85 @@ def _skl2onnx(estimator: Any):
         ) from err
 
 
+@dataclass
+class _Forest:
+    """Trees as ``TreeEnsemble``'s parallel attribute lists: internal nodes numbered over all
+    trees (``features``, ``splits``, ``missing``, children), leaves likewise (``leaves``); a
+    child is a leaf's number where its ``*_leaf`` flag is 1, else a node's."""
+
+    roots: list[int] = field(default_factory=list)
+    features: list[int] = field(default_factory=list)
+    splits: list[float] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)  # 1: a missing value goes left (true)
+    true_ids: list[int] = field(default_factory=list)
+    true_leaf: list[int] = field(default_factory=list)
+    false_ids: list[int] = field(default_factory=list)
+    false_leaf: list[int] = field(default_factory=list)
+    leaves: list[float] = field(default_factory=list)
+
+    def add_tree(self, nodes: Any) -> None:
+        """Append one of scikit-learn's tree predictors' ``nodes`` (left: ``value <= split``)."""
+        leaf_at = {}
+        for i, node in enumerate(nodes):
+            if node["is_leaf"]:
+                leaf_at[i] = len(self.leaves)
+                self.leaves.append(float(node["value"]))
+        internal = [i for i, node in enumerate(nodes) if not node["is_leaf"]]
+        if not internal:  # a lone leaf: one split whose both sides are that leaf
+            self.roots.append(len(self.features))
+            self.features.append(0)
+            self.splits.append(0.0)
+            self.missing.append(0)
+            self.true_ids.append(leaf_at[0])
+            self.false_ids.append(leaf_at[0])
+            self.true_leaf.append(1)
+            self.false_leaf.append(1)
+            return
+        node_at = {i: len(self.features) + j for j, i in enumerate(internal)}
+        self.roots.append(node_at[0])
+        for i in internal:
+            node = nodes[i]
+            if node["is_categorical"]:
+                raise OnnxExportError("a policy with categorical splits does not export")
+            self.features.append(int(node["feature_idx"]))
+            self.splits.append(float(node["num_threshold"]))
+            self.missing.append(int(node["missing_go_to_left"]))
+            for child, ids, flags in (
+                (int(node["left"]), self.true_ids, self.true_leaf),
+                (int(node["right"]), self.false_ids, self.false_leaf),
+            ):
+                is_leaf = bool(nodes[child]["is_leaf"])
+                ids.append(leaf_at[child] if is_leaf else node_at[child])
+                flags.append(int(is_leaf))
+
+    def node(self, output: str) -> Any:
+        """The ``TreeEnsemble`` node (double splits and leaves) summing the trees into
+        ``output``."""
+        from onnx import helper, numpy_helper
+
+        modes = np.zeros(len(self.features), np.uint8)  # BRANCH_LEQ: true when value <= split
+        return helper.make_node(
+            "TreeEnsemble",
+            [POLICY_INPUT],
+            [output],
+            domain="ai.onnx.ml",
+            aggregate_function=1,  # SUM
+            post_transform=0,  # NONE
+            n_targets=1,
+            tree_roots=self.roots,
+            nodes_featureids=self.features,
+            nodes_splits=numpy_helper.from_array(np.asarray(self.splits, np.float64), "splits"),
+            nodes_modes=numpy_helper.from_array(modes, "modes"),
+            nodes_truenodeids=self.true_ids,
+            nodes_trueleafs=self.true_leaf,
+            nodes_falsenodeids=self.false_ids,
+            nodes_falseleafs=self.false_leaf,
+            nodes_missing_value_tracks_true=self.missing,
+            leaf_targetids=[0] * len(self.leaves),
+            leaf_weights=numpy_helper.from_array(np.asarray(self.leaves, np.float64), "leaves"),
+        )
+
+
 def _hist_gradient_boosting(estimator: Any):
     """``p = sigmoid(baseline + sum of trees)`` of a binary ``HistGradientBoostingClassifier``
     as ``TreeEnsemble`` (double) -> Add -> Sigmoid -> ``[1 - p, p]``."""
@@ -92,76 +172,16 @@ def _hist_gradient_boosting(estimator: Any):
 
     if getattr(estimator, "n_trees_per_iteration_", 1) != 1:
         raise OnnxExportError("only a binary HistGradientBoostingClassifier policy exports")
-    roots: list[int] = []
-    features: list[int] = []
-    splits: list[float] = []
-    missing: list[int] = []
-    true_ids: list[int] = []
-    true_leaf: list[int] = []
-    false_ids: list[int] = []
-    false_leaf: list[int] = []
-    leaves: list[float] = []
+    forest = _Forest()
     for (predictor,) in estimator._predictors:
-        nodes = predictor.nodes
-        leaf_at = {}
-        for i, node in enumerate(nodes):
-            if node["is_leaf"]:
-                leaf_at[i] = len(leaves)
-                leaves.append(float(node["value"]))
-        internal = [i for i, node in enumerate(nodes) if not node["is_leaf"]]
-        if not internal:  # a lone leaf: one split whose both sides are that leaf
-            roots.append(len(features))
-            features.append(0)
-            splits.append(0.0)
-            missing.append(0)
-            true_ids.append(leaf_at[0])
-            false_ids.append(leaf_at[0])
-            true_leaf.append(1)
-            false_leaf.append(1)
-            continue
-        node_at = {i: len(features) + j for j, i in enumerate(internal)}
-        roots.append(node_at[0])
-        for i in internal:
-            node = nodes[i]
-            if node["is_categorical"]:
-                raise OnnxExportError("a policy with categorical splits does not export")
-            features.append(int(node["feature_idx"]))
-            splits.append(float(node["num_threshold"]))
-            missing.append(int(node["missing_go_to_left"]))
-            for child, ids, flags in (
-                (int(node["left"]), true_ids, true_leaf),
-                (int(node["right"]), false_ids, false_leaf),
-            ):
-                is_leaf = bool(nodes[child]["is_leaf"])
-                ids.append(leaf_at[child] if is_leaf else node_at[child])
-                flags.append(int(is_leaf))
-    trees = helper.make_node(
-        "TreeEnsemble",
-        [POLICY_INPUT],
-        ["raw_sum"],
-        domain="ai.onnx.ml",
-        aggregate_function=1,  # SUM
-        post_transform=0,  # NONE
-        n_targets=1,
-        tree_roots=roots,
-        nodes_featureids=features,
-        nodes_splits=numpy_helper.from_array(np.asarray(splits, np.float64), "splits"),
-        nodes_modes=numpy_helper.from_array(np.zeros(len(features), np.uint8), "modes"),  # LEQ
-        nodes_truenodeids=true_ids,
-        nodes_trueleafs=true_leaf,
-        nodes_falsenodeids=false_ids,
-        nodes_falseleafs=false_leaf,
-        nodes_missing_value_tracks_true=missing,
-        leaf_targetids=[0] * len(leaves),
-        leaf_weights=numpy_helper.from_array(np.asarray(leaves, np.float64), "leaves"),
-    )
+        forest.add_tree(predictor.nodes)
     baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
     constants = [
         numpy_helper.from_array(np.array([baseline], np.float64), "baseline"),
         numpy_helper.from_array(np.array([1.0], np.float64), "one"),
     ]
     nodes = [
-        trees,
+        forest.node("raw_sum"),
         helper.make_node("Add", ["raw_sum", "baseline"], ["raw"]),
         helper.make_node("Sigmoid", ["raw"], ["positive"]),
         helper.make_node("Sub", ["one", "positive"], ["negative"]),

@@ -24,8 +24,8 @@ uses (``cell_index`` before a head that ignores the grid, say), so ``onnx/stages
 the inputs each graph really takes. Every input comes from the images or from the previous
 stage's outputs; N, G and K are fixed per stage, only the batch axis varies.
 
-Four things make the TorchScript exporter fail on the eager cascade, and this module works
-around each without changing the model:
+Four things make the TorchScript exporter fail on the eager cascade, and the export works
+around each without changing the model (the first three with :mod:`exitnas.deploy.export_ops`):
 
 - antialiased bilinear resizing (``F.interpolate(..., antialias=True)``, the branch
   resolutions below the image size) has no ONNX symbolic: it is a fixed linear map, exported as
@@ -43,18 +43,15 @@ around each without changing the model:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from exitnas.deploy.export_ops import export_context, resize_matrix
 from exitnas.errors import ExitnasError
 from exitnas.spaces import SubnetConfig
 from exitnas.supernet.cascade import CascadeRunner, CascadeState, Stage, plan_stages
@@ -70,8 +67,6 @@ __all__ = [
     "StageIO",
     "StageModule",
     "export_stage_graphs",
-    "pool_matrix",
-    "resize_matrix",
     "stage_io",
 ]
 
@@ -127,21 +122,6 @@ def stage_io(config: SubnetConfig) -> tuple[StageIO, ...]:
     return tuple(ios)
 
 
-def resize_matrix(size: int, resolution: int) -> torch.Tensor:
-    """``(resolution, size)`` weights of torch's antialiased bilinear resize along one axis.
-
-    ``R @ x @ R.T`` resizes a ``size x size`` map as ``F.interpolate(x, (resolution,
-    resolution), mode="bilinear", align_corners=False, antialias=True)`` does (it is separable
-    and its weights sum to one).
-    """
-    basis = torch.zeros(size, 1, size, size, dtype=torch.float64)
-    basis[torch.arange(size), 0, torch.arange(size), :] = 1.0  # image k: row k all ones
-    out = F.interpolate(
-        basis, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out[:, 0, :, 0].T.float().contiguous()
-
-
 class _GraphRunner(CascadeRunner):
     """An :class:`ExitViT`'s parts run by the shared cascade code, resizing by matrix products."""
 
@@ -188,73 +168,6 @@ class StageModule(nn.Module):
         values.update(zip(self.io.inputs, inputs, strict=True))
         state = self.runner.run_stage(self.stage, CascadeState(**values))
         return tuple(getattr(state, key) for key in self.io.outputs)
-
-
-def _argsort_symbolic(g, self, *args):
-    """ONNX ``TopK`` for ``aten::argsort``, both overloads (``dim, descending`` and
-    ``stable, dim, descending``); TopK orders ties by index, as a stable sort does."""
-    from torch.onnx import symbolic_helper
-
-    dim, descending = args[-2:]
-    dim = symbolic_helper._get_const(dim, "i", "dim")
-    descending = symbolic_helper._get_const(descending, "b", "descending")
-    size = g.op(
-        "Gather",
-        g.op("Shape", self),
-        g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64)),
-        axis_i=0,
-    )
-    _, indices = g.op(
-        "TopK", self, size, axis_i=dim, largest_i=int(descending), sorted_i=1, outputs=2
-    )
-    return indices
-
-
-def pool_matrix(size: int, out: int) -> torch.Tensor:
-    """``(out, size)`` weights of adaptive average pooling along one axis: row i averages
-    ``floor(i * size / out) .. ceil((i + 1) * size / out)``, as ``F.adaptive_avg_pool2d``."""
-    matrix = torch.zeros(out, size)
-    for i in range(out):
-        start, end = (i * size) // out, -(-((i + 1) * size) // out)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-def _adaptive_avg_pool2d_symbolic(g, self, output_size):
-    """``P_h @ x @ P_w.T`` for ``aten::adaptive_avg_pool2d`` (any sizes, static spatial dims)."""
-    from torch.onnx import symbolic_helper
-
-    sizes = symbolic_helper._get_tensor_sizes(self)
-    out = symbolic_helper._parse_arg(output_size, "is")
-    if not sizes or sizes[-1] is None or sizes[-2] is None:
-        return symbolic_helper._unimplemented("adaptive_avg_pool2d", "unknown spatial size", self)
-    out_h, out_w = (out[0], out[-1]) if len(out) else (sizes[-2], sizes[-1])
-    rows = g.op("Constant", value_t=pool_matrix(sizes[-2], out_h))
-    cols = g.op("Constant", value_t=pool_matrix(sizes[-1], out_w).T.contiguous())
-    return g.op("MatMul", g.op("MatMul", rows, self), cols)
-
-
-_SYMBOLICS = {
-    "aten::argsort": _argsort_symbolic,
-    "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d_symbolic,
-}
-
-
-@contextmanager
-def _export_context(opset: int) -> Iterator[None]:
-    """The symbolics registered, the exporter's warnings silenced, no autograd."""
-    for name, symbolic in _SYMBOLICS.items():
-        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", message=".*Removing mutation from node.*")
-            yield
-    finally:
-        for name in _SYMBOLICS:
-            torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 def _tensor_entry(name: str, key: str, value: torch.Tensor) -> dict[str, Any]:
@@ -310,65 +223,104 @@ def export_stage_graphs(
     state = CascadeState(images=images)
     entries: list[dict[str, Any]] = []
     ios = stage_io(config)
-    with _export_context(opset):
+    with export_context(opset):
         for k, (stage, io) in enumerate(zip(plan_stages(config), ios, strict=True)):
             module = StageModule(runner, stage, io).eval()
             inputs = tuple(getattr(state, key) for key in io.inputs)
             state = runner.run_stage(stage, state)
             outputs = tuple(getattr(state, key) for key in io.outputs)
-            in_names = [INPUT_NAMES[key] for key in io.inputs]
             out_names = [OUTPUT_NAMES[key] for key in io.outputs]
             path = out / f"stage_{k}.onnx"
             try:
-                torch.onnx.export(
-                    module,
-                    inputs,
-                    str(path),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=in_names,
-                    output_names=out_names,
-                    dynamic_axes={n: {0: BATCH_AXIS} for n in in_names + out_names},
-                )
+                _export_stage(module, inputs, path, opset)
             except Exception as err:  # the exporter raises many types; name the stage
                 raise OnnxExportError(
                     f"stage {k} of config {config.key()} does not export to ONNX: "
                     f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
                 ) from err
-            # the exporter drops inputs the graph does not use (a head that ignores
-            # cell_index, say): list what the graph takes
-            used = _graph_inputs(path)
-            taken = [
-                (name, key, value)
-                for name, key, value in zip(in_names, io.inputs, inputs, strict=True)
-                if name in used
-            ]
+            taken = _graph_inputs(path, io, inputs)
             if check:
                 _check_graph(path, taken, out_names, outputs, k)
-            branch = config.branches[stage.branch]
-            entries.append(
-                {
-                    "index": k,
-                    "file": f"{prefix}/{path.name}" if prefix else path.name,
-                    "branch": stage.branch,
-                    "exit": stage.exit,
-                    "start": stage.start,
-                    "end": stage.end,
-                    "head": branch.exits[stage.exit].head,
-                    "opens_branch": stage.start == 0,
-                    "flops": int(flops[k]),
-                    "cumulative_flops": int(cumulative[k]),
-                    "inputs": [
-                        dict(_tensor_entry(name, key, value), source=_source(k, key))
-                        for name, key, value in taken
-                    ],
-                    "outputs": [
-                        _tensor_entry(name, key, value)
-                        for name, key, value in zip(out_names, io.outputs, outputs, strict=True)
-                    ],
-                }
-            )
-    for k, entry in enumerate(entries[:-1]):  # where each output goes
+            file = f"{prefix}/{path.name}" if prefix else path.name
+            produced = list(zip(out_names, io.outputs, outputs, strict=True))
+            cost = (int(flops[k]), int(cumulative[k]))
+            entries.append(_stage_entry(k, stage, config, file, cost, taken, produced))
+    _link_outputs(entries)
+    return entries
+
+
+def _export_stage(
+    module: StageModule, inputs: tuple[torch.Tensor, ...], path: Path, opset: int
+) -> None:
+    """Trace ``module`` on ``inputs`` into the ONNX file ``path``, batch axis dynamic."""
+    in_names = [INPUT_NAMES[key] for key in module.io.inputs]
+    out_names = [OUTPUT_NAMES[key] for key in module.io.outputs]
+    torch.onnx.export(
+        module,
+        inputs,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=in_names,
+        output_names=out_names,
+        dynamic_axes={n: {0: BATCH_AXIS} for n in in_names + out_names},
+    )
+
+
+def _graph_inputs(
+    path: Path, io: StageIO, inputs: tuple[torch.Tensor, ...]
+) -> list[tuple[str, str, torch.Tensor]]:
+    """The inputs the graph at ``path`` takes, as ``(graph name, state key, traced value)``.
+
+    The exporter drops inputs the graph does not use (a head that ignores ``cell_index``,
+    say): the graph lists what it takes.
+    """
+    import onnx
+
+    used = {value.name for value in onnx.load(str(path), load_external_data=False).graph.input}
+    in_names = [INPUT_NAMES[key] for key in io.inputs]
+    return [
+        (name, key, value)
+        for name, key, value in zip(in_names, io.inputs, inputs, strict=True)
+        if name in used
+    ]
+
+
+def _stage_entry(
+    k: int,
+    stage: Stage,
+    config: SubnetConfig,
+    file: str,
+    cost: tuple[int, int],
+    taken: list[tuple[str, str, torch.Tensor]],
+    produced: list[tuple[str, str, torch.Tensor]],
+) -> dict[str, Any]:
+    """Stage ``k``'s entry of ``onnx/stages.json`` (its outputs' ``feeds`` set later); ``cost``
+    is its FLOPs and the cumulative FLOPs up to it, ``taken`` and ``produced`` its inputs and
+    outputs as ``(graph name, state key, traced value)``."""
+    flops, cumulative = cost
+    return {
+        "index": k,
+        "file": file,
+        "branch": stage.branch,
+        "exit": stage.exit,
+        "start": stage.start,
+        "end": stage.end,
+        "head": config.branches[stage.branch].exits[stage.exit].head,
+        "opens_branch": stage.start == 0,
+        "flops": flops,
+        "cumulative_flops": cumulative,
+        "inputs": [
+            dict(_tensor_entry(name, key, value), source=_source(k, key))
+            for name, key, value in taken
+        ],
+        "outputs": [_tensor_entry(name, key, value) for name, key, value in produced],
+    }
+
+
+def _link_outputs(entries: list[dict[str, Any]]) -> None:
+    """Set every output's ``feeds``: the next stage's input it becomes (none for the last)."""
+    for k, entry in enumerate(entries[:-1]):
         following = {i["state"]: i["name"] for i in entries[k + 1]["inputs"]}
         for output in entry["outputs"]:
             key = output["state"]
@@ -376,18 +328,11 @@ def export_stage_graphs(
     if entries:
         for output in entries[-1]["outputs"]:
             output["feeds"] = []
-    return entries
 
 
 def _source(k: int, key: str) -> str:
     """Where stage ``k``'s input of state ``key`` comes from."""
     return "images" if key == "images" else f"stage_{k - 1}.{OUTPUT_NAMES[key]}"
-
-
-def _graph_inputs(path: Path) -> set[str]:
-    import onnx
-
-    return {value.name for value in onnx.load(str(path), load_external_data=False).graph.input}
 
 
 def _check_graph(path: Path, taken, out_names, outputs, k: int) -> None:

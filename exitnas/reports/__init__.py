@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from exitnas._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from exitnas.reports.curves import TradeoffInfo, tradeoff_info
     from exitnas.reports.info import (
         ExitDistributionInfo,
         ExitPoint,
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
         pareto_info,
     )
     from exitnas.reports.plot import draw_report, write_report
-    from exitnas.reports.tradeoff import TradeoffInfo, tradeoff_info
 
 __all__ = [
     "ExitDistributionInfo",
@@ -59,6 +59,6 @@ __getattr__, __dir__ = lazy_exports(
             "pareto_info",
         ),
         "exitnas.reports.plot": ("draw_report", "write_report"),
-        "exitnas.reports.tradeoff": ("TradeoffInfo", "tradeoff_info"),
+        "exitnas.reports.curves": ("TradeoffInfo", "tradeoff_info"),
     },
 )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from exitnas.reports.curves import TradeoffInfo
 from exitnas.reports.info import ExitDistributionInfo, ExitPoint, HypervolumeInfo, ParetoInfo
-from exitnas.reports.tradeoff import TradeoffInfo
 
 __all__ = [
     "TITLES",

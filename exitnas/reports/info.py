@@ -14,16 +14,17 @@ import numpy as np
 import optuna
 
 from exitnas.errors import ExitnasError
-from exitnas.reports.tradeoff import TradeoffInfo, tradeoff_info
-from exitnas.search.export import front_trials, pareto_points
+from exitnas.exits.rules import LEARNED, ExitRule
+from exitnas.reports.curves import TradeoffInfo, tradeoff_info
+from exitnas.search.encoding import trial_config
+from exitnas.search.front import front_trials, pareto_points
 from exitnas.search.objective import ArchitectureEvaluator
-from exitnas.search.rules import LEARNED, ExitRule
-from exitnas.search.runner import OBJECTIVES, reference_mflops
-from exitnas.search.space import trial_config
+from exitnas.search.runner import reference_mflops
+from exitnas.search.studies import OBJECTIVES
 from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
 
 if TYPE_CHECKING:
-    from exitnas.policies.study_policy import StudyPolicy
+    from exitnas.exits.policy import StudyPolicy
 
 __all__ = [
     "ExitDistributionInfo",
@@ -105,7 +106,7 @@ def pareto_info(optuna_study: optuna.Study, space: SearchSpace | None = None) ->
 
     Returns:
         The trials in trial-number order; ``latency_ms`` when the study has that objective.
-        ``front`` marks the trials of :func:`~exitnas.search.export.front_trials`, one per
+        ``front`` marks the trials of :func:`~exitnas.search.front.front_trials`, one per
         distinct point (a point sampled again is not counted twice), so ``sum(front)`` is the
         number of points in the front JSON and in ``exitnas run``'s table.
     """
@@ -163,7 +164,7 @@ def exit_distribution_info(
 ) -> ExitDistributionInfo:
     """Exit fractions and exit labels of every Pareto point, cheapest first.
 
-    The points are :func:`~exitnas.search.export.pareto_points` (one per distinct parameter
+    The points are :func:`~exitnas.search.front.pareto_points` (one per distinct parameter
     set), so a report's point index is ``exitnas export --pareto-index``'s.
 
     Args:

@@ -13,32 +13,27 @@ import numpy as np
 import optuna
 import torch
 
+from exitnas.data import DataSplits, load_splits
+from exitnas.exits.rules import ExitOutcome, ExitRule, ExitTable
 from exitnas.faults import kill_point
-from exitnas.search.rules import ExitOutcome, ExitRule, ExitTable
-from exitnas.search.space import suggest
-from exitnas.search.store import CachedEvaluation, EvaluationStore
-from exitnas.spaces import SearchSpace, SubnetConfig
-from exitnas.supernet import SuperViT, count_flops
+from exitnas.search.encoding import suggest
+from exitnas.spaces import SearchSpace, StudyConfig, SubnetConfig
+from exitnas.storage.store import CachedEvaluation, EvaluationStore
+from exitnas.storage.urls import open_store
+from exitnas.supernet import SuperViT, count_flops, load_supernet
+from exitnas.supernet.checkpoint import file_sha256
 from exitnas.supernet.evaluate import predict_exits
+from exitnas.supernet.train import WEIGHTS
 
 __all__ = [
     "TRIAL_ATTR",
     "ArchitectureEvaluator",
     "SearchObjective",
     "StageLatency",
-    "file_sha256",
     "objective_values",
 ]
 
 TRIAL_ATTR = "exitnas"  # the one user attribute a trial carries (exit fractions, cache hit)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ArchitectureEvaluator:
@@ -157,3 +152,59 @@ class SearchObjective:
         if self.latency is not None:
             stage_ms = self.latency.stage_ms(self.evaluator.model.space, config)[0]
         return objective_values(outcome, stage_ms)
+
+
+def load_validation(study: StudyConfig, progress: bool = True) -> DataSplits:
+    """The study's data splits (search, export and report use only ``val``); ``progress``:
+    a bar while images are decoded."""
+    data = study.data
+    return load_splits(
+        data.dataset,
+        data.path,
+        data.image_size,
+        data.val_fraction,
+        study.seed,
+        download=data.download,
+        in_chans=study.space.in_chans,
+        num_classes=study.space.num_classes,
+        progress=progress,
+    )
+
+
+def evaluation_key(run_dir: Path, splits: DataSplits, weights_sha256: str | None = None) -> str:
+    """Hash of the supernet weights and the validation split: the cache's second key.
+
+    Args:
+        weights_sha256: the weights file's sha256 when the caller has it (else it is hashed).
+    """
+    weights = weights_sha256 or file_sha256(run_dir / WEIGHTS)
+    digest = hashlib.sha256(weights.encode())
+    digest.update(splits.val.images.numpy().tobytes())
+    digest.update(splits.val.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_evaluator(
+    study: StudyConfig, run_dir: Path, url: str, splits: DataSplits | None = None
+) -> ArchitectureEvaluator:
+    """Supernet, validation split and cache of one process."""
+    model, _ = load_supernet(run_dir, study)
+    splits = splits or load_validation(study)
+    return ArchitectureEvaluator(
+        model,
+        splits.val.images,
+        splits.val.labels,
+        splits.mean,
+        splits.std,
+        open_store(url),
+        evaluation_key(run_dir, splits),
+    )
+
+
+def load_latency(study: StudyConfig, url: str, device: str | None):
+    """The stored profile of ``device`` as per-stage costs (None without a device)."""
+    if device is None:
+        return None
+    from exitnas.devices.costs import load_device_costs
+
+    return load_device_costs(open_store(url), study, device, url)

@@ -13,7 +13,7 @@ and the database reachable (PostgreSQL; SQLite only on one host). Ray's own tria
 ``<run_dir>/ray``.
 
 Example:
-    >>> summary = run_ray_search(study, "runs/quickstart", trials=200, workers=4)
+    >>> summary = run_search(study, "runs/quickstart", backend="ray", trials=200, workers=4)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import contextlib
 import io
 import logging
 import threading
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,33 +30,28 @@ from typing import Any
 import optuna
 
 from exitnas.errors import ExitnasError
-from exitnas.search.objective import TRIAL_ATTR, ArchitectureEvaluator, objective_values
-from exitnas.search.runner import (
-    SearchSummary,
-    front_stats,
+from exitnas.search.backends import SearchBackend, SearchSetup, TrialCounts
+from exitnas.search.encoding import suggest
+from exitnas.search.objective import (
+    TRIAL_ATTR,
+    ArchitectureEvaluator,
     load_evaluator,
     load_latency,
-    open_study,
-    plan_search,
-    reference_mflops,
-    refresh_bar,
-    search_objectives,
-    search_study_name,
+    objective_values,
 )
-from exitnas.search.samplers import create_sampler
-from exitnas.search.space import suggest
-from exitnas.search.storage import open_storage
+from exitnas.search.studies import search_objectives, search_study_name
 from exitnas.search.workers import worker_name
 from exitnas.spaces import SearchSpace, StudyConfig
+from exitnas.storage.urls import open_storage
 from exitnas.threads import use_threads
 
-__all__ = ["RayBackendError", "run_ray_search"]
+__all__ = ["RayBackend", "RayBackendError"]
 
 TRIAL_NUMBER = "optuna_trial_number"  # the constant the space adds to each Ray trial's config
 
 
 class RayBackendError(ExitnasError):
-    """Ray Tune is not installed, or the Ray cluster cannot be reached."""
+    """Ray Tune is not installed, the Ray cluster cannot be reached, or a Ray trial failed."""
 
 
 class _DefineByRun:
@@ -138,82 +133,78 @@ def _trainable(
     )
 
 
-def run_ray_search(
-    study: StudyConfig,
-    run_dir: str | Path,
-    *,
-    trials: int | None = None,
-    storage: str | None = None,
-    workers: int = 1,
-    address: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-) -> SearchSummary:
-    """Add ``trials`` trials to the study's Optuna study, run as Ray Tune trials.
-
-    Args:
-        study: the study file (its ``search`` section: sampler, rules, trials, storage).
-        run_dir: the run folder holding the trained supernet.
-        trials: trials to add; the study's ``search.trials`` by default.
-        storage: SQLAlchemy URL; the study's, else ``sqlite:///<run_dir>/study.db``.
-        workers: trials running at once (and the CPUs of a local Ray instance).
-        address: a running Ray cluster (``"auto"``, ``"ray://host:10001"``); by default a local
-            Ray instance is started for this search and shut down afterwards.
-        device: a profiled device: expected latency on it is the third objective (the study
-            ``<study>@<device>``, see :func:`~exitnas.search.runner.run_search`).
-        progress: tqdm bar with trials, trials/s, Pareto-front size and hypervolume; Ray's own
-            tables stay quiet either way.
-
-    Raises:
-        RayBackendError: Ray Tune is not installed, or ``address`` cannot be reached.
-    """
+def _import_ray() -> Any:
+    """The ``ray`` module, Ray Tune checked with it."""
     try:
         import ray
-        from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
+        import ray.tune.search.optuna  # noqa: F401  (OptunaSearch needs Optuna and Tune)
     except ImportError:
         raise RayBackendError(
             'the ray backend needs Ray Tune: pip install "exitnas[ray]"'
         ) from None
-    from tqdm.auto import tqdm
+    return ray
 
-    run_dir = Path(run_dir).resolve()
-    url, trials, workers = plan_search(study, run_dir, trials, storage, workers)
-    # fail early, here, on a missing or foreign supernet, unreadable data or a foreign study
-    evaluator = load_evaluator(study, run_dir, url)
-    load_latency(study, url, device)  # a device never profiled fails here, not in a worker
-    optuna_study = open_study(study, url, None, evaluator.weights_hash, device)
-    del evaluator
-    name = search_study_name(study, device)
-    metric_names, modes = search_objectives(device)
-    reference = reference_mflops(study)
-    before, _, _ = front_stats(optuna_study, reference)
-    sampler = create_sampler(study.search.sampler, study.seed, study.search.population_size)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = _DefineByRun(study.space, tuple(study.search.rules))
-    searcher = OptunaSearch(
-        space=space,
-        metric=list(metric_names),
-        mode=[mode[:3] for mode in modes],  # "maximize" -> "max"
-        sampler=sampler,
-        study_name=name,
-        storage=open_storage(url),
-    )
-    tuner = tune.Tuner(
-        tune.with_parameters(_trainable, study=study, run_dir=str(run_dir), url=url, device=device),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=trials,
-            max_concurrent_trials=workers,
-            reuse_actors=True,  # keeps each worker's evaluator (supernet, logits) warm
-        ),
-        run_config=tune.RunConfig(storage_path=str(run_dir / "ray"), verbose=0),
-    )
-    started_ray = not ray.is_initialized()
-    if started_ray:
+
+class RayBackend(SearchBackend):
+    """Trials run as Ray Tune trials (``workers`` at once), on a local Ray instance started
+    for the search and shut down afterwards, or on the running cluster at ``address``
+    (``"auto"``, ``"ray://host:10001"``). Ray's own tables stay quiet.
+
+    Raises:
+        RayBackendError: Ray Tune is not installed (from :meth:`check`), ``address`` cannot
+            be reached or a Ray trial failed (from :meth:`run`).
+    """
+
+    name = "ray"
+    targets = False  # OptunaSearch adds a number of trials; it knows no shared target
+    absolute_run_dir = True  # Ray runs each trial in a folder of its own, maybe on another host
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def check(self, until: int | None) -> None:
+        super().check(until)
+        _import_ray()  # fail before anything loads
+
+    def run(self, setup: SearchSetup, bar: Any) -> TrialCounts:
+        ray = _import_ray()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        space = _DefineByRun(setup.study.space, tuple(setup.study.search.rules))
+        tuner = _tuner(setup, space)
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            self._start(ray, setup.workers)
         try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING)
+            with contextlib.redirect_stdout(io.StringIO()):  # Tune's banner ignores verbose=0
+                with _following(setup, bar):
+                    results = tuner.fit()
+        finally:
+            running = setup.optuna_study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+            )
+            for number in {t.number for t in running}.intersection(space.asked):
+                # asked but never told (an error, Ctrl-C): failed, as Optuna marks them
+                setup.optuna_study.tell(
+                    number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True
+                )
+            if started_ray:
+                ray.shutdown()
+        if results.errors:
+            first = str(results.errors[0]).strip().splitlines()
+            error = first[-1] if first else repr(results.errors[0])
+            raise RayBackendError(f"a Ray trial failed: {error}")
+        metrics = [results[i].metrics or {} for i in range(len(results))]
+        return TrialCounts(
+            hits=sum(bool(m.get("cache_hit")) for m in metrics),
+            misses=sum(not m.get("cache_hit", True) for m in metrics),
+            miss_seconds=sum(float(m.get("validation_seconds", 0.0)) for m in metrics),
+        )
+
+    def _start(self, ray: Any, workers: int) -> None:
+        """Start Ray: connect to :attr:`address`, or a local instance of ``workers`` CPUs."""
+        try:
+            if self.address:
+                ray.init(address=self.address, logging_level=logging.WARNING)
             else:
                 ray.init(
                     num_cpus=workers,
@@ -222,51 +213,58 @@ def run_ray_search(
                     log_to_driver=False,
                 )
         except ConnectionError as err:
-            raise RayBackendError(f"cannot reach the Ray cluster at {address!r}: {err}") from None
-    started = time.perf_counter()
-    bar = tqdm(total=trials, desc=f"search {name} (ray)", unit="trial", disable=not progress)
+            raise RayBackendError(
+                f"cannot reach the Ray cluster at {self.address!r}: {err}"
+            ) from None
+
+
+def _tuner(setup: SearchSetup, space: _DefineByRun) -> Any:
+    """Ray Tune's tuner of the search: ``OptunaSearch`` on the study's sampler and storage,
+    ``setup.workers`` trials of :func:`_trainable` at once."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric_names, modes = search_objectives(setup.device)
+    searcher = OptunaSearch(
+        space=space,
+        metric=list(metric_names),
+        mode=[mode[:3] for mode in modes],  # "maximize" -> "max"
+        sampler=setup.optuna_study.sampler,
+        study_name=setup.optuna_study.study_name,
+        storage=open_storage(setup.url),
+    )
+    trainable = tune.with_parameters(
+        _trainable,
+        study=setup.study,
+        run_dir=str(setup.run_dir),
+        url=setup.url,
+        device=setup.device,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=setup.trials,
+            max_concurrent_trials=setup.workers,
+            reuse_actors=True,  # keeps each worker's evaluator (supernet, logits) warm
+        ),
+        run_config=tune.RunConfig(storage_path=str(setup.run_dir / "ray"), verbose=0),
+    )
+
+
+@contextlib.contextmanager
+def _following(setup: SearchSetup, bar: Any) -> Iterator[None]:
+    """Keep ``bar`` following the database (:meth:`SearchSetup.follow`) inside the block."""
     done = threading.Event()
 
-    def watch() -> None:  # the bar follows the database, like run_search's workers
+    def watch() -> None:
         while not done.wait(0.5):
-            bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
-            refresh_bar(bar, optuna_study, reference, started, study.space)
+            setup.follow(bar)
 
     watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
-        with bar, contextlib.redirect_stdout(io.StringIO()):  # Tune's banner ignores verbose=0
-            watcher.start()
-            results = tuner.fit()
-            done.set()
-            watcher.join()
-            bar.n = min(trials, front_stats(optuna_study, reference)[0] - before)
-            complete, front, volume = refresh_bar(
-                bar, optuna_study, reference, started, study.space
-            )
+        yield
     finally:
         done.set()
-        running = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        for number in {t.number for t in running}.intersection(space.asked):
-            # asked but never told (an error, Ctrl-C): failed, as Optuna marks them
-            optuna_study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if started_ray:
-            ray.shutdown()
-    if results.errors:
-        first = str(results.errors[0]).strip().splitlines()
-        raise RayBackendError(f"a Ray trial failed: {first[-1] if first else results.errors[0]!r}")
-    metrics = [results[i].metrics or {} for i in range(len(results))]
-    hits = sum(bool(m.get("cache_hit")) for m in metrics)
-    misses = sum(not m.get("cache_hit", True) for m in metrics)
-    miss_seconds = sum(float(m.get("validation_seconds", 0.0)) for m in metrics)
-    return SearchSummary(
-        study_name=name,
-        storage=url,
-        trials_added=hits + misses,
-        trials_complete=complete,
-        pareto_size=front,
-        hypervolume=round(volume, 4),
-        cache_hits=hits,
-        cache_misses=misses,
-        seconds=round(time.perf_counter() - started, 2),
-        seconds_per_miss=round(miss_seconds / misses, 4) if misses else 0.0,
-    )
+        watcher.join()

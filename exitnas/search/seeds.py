@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from exitnas.errors import ConfigError
-from exitnas.search.rules import ExitRule
-from exitnas.search.space import config_params
+from exitnas.exits.rules import ExitRule
+from exitnas.search.encoding import config_params
 from exitnas.spaces import StudyConfig, SubnetConfig
 from exitnas.spaces.presets import PRESETS, make_preset
 

@@ -68,7 +68,7 @@ class StudyTarget:
 
     Args:
         optuna_study: the study (its storage should have a heartbeat, see
-            :func:`~exitnas.search.storage.open_storage`).
+            :func:`~exitnas.storage.urls.open_storage`).
         target: completed trials the study should hold.
         poll: seconds to wait before looking again while other workers hold the remaining
             trials.

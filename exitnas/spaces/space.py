@@ -169,7 +169,7 @@ class SearchSpace:
             rng: the random source.
             mode: ``uniform`` draws a number of exits uniformly, then that many exit layers, and
                 refines a refinable branch half the time; ``search`` draws as the search's
-                random trials do (:func:`exitnas.search.space.suggest` with a random sampler):
+                random trials do (:func:`exitnas.search.encoding.suggest` with a random sampler):
                 a uniform last exit layer, each earlier layer an exit with probability 1/2, and
                 a uniform choice among no refinement and every refine fraction.
         """

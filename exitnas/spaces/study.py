@@ -291,6 +291,13 @@ class StudyConfig:
         except ConfigError as err:
             raise ConfigError(f"training.{err}") from None
 
+    def with_data_path(self, path: str | os.PathLike | None) -> StudyConfig:
+        """A copy whose images live at ``path`` (``--data``); itself when ``path`` is None.
+        The data's path is not part of :meth:`key`: a moved data set is the same study."""
+        if path is None:
+            return self
+        return replace(self, data=replace(self.data, path=str(path)))
+
 
 def load_study(path: str | os.PathLike) -> StudyConfig:
     """Read and validate a study YAML file.

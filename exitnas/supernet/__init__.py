@@ -14,17 +14,8 @@ if TYPE_CHECKING:
     from exitnas.supernet.cascade import CascadeState, Stage, plan_stages
     from exitnas.supernet.flops import count_flops, measure_flops
     from exitnas.supernet.heads import ExitHead, create_exit_head
-    from exitnas.supernet.pretrained import (
-        VitDims,
-        VitInit,
-        check_vit,
-        init_from_vit,
-        load_vit_init,
-        load_vit_state,
-        vit_dims,
-    )
+    from exitnas.supernet.pretrained import VitInit, init_from_vit, load_vit_init
     from exitnas.supernet.registry import create_supernet, list_supernets, register_supernet
-    from exitnas.supernet.runs import load_supernet
     from exitnas.supernet.subnet import ExitViT
     from exitnas.supernet.supervit import SuperViT
     from exitnas.supernet.train import (
@@ -33,6 +24,8 @@ if TYPE_CHECKING:
         build_supernet,
         train_supernet,
     )
+    from exitnas.supernet.trained import load_supernet
+    from exitnas.supernet.vit_checkpoint import VitDims, check_vit, load_vit_state, vit_dims
 
 __all__ = [
     "CascadeState",
@@ -67,17 +60,9 @@ __getattr__, __dir__ = lazy_exports(
         "exitnas.supernet.cascade": ("CascadeState", "Stage", "plan_stages"),
         "exitnas.supernet.flops": ("count_flops", "measure_flops"),
         "exitnas.supernet.heads": ("ExitHead", "create_exit_head"),
-        "exitnas.supernet.pretrained": (
-            "VitDims",
-            "VitInit",
-            "check_vit",
-            "init_from_vit",
-            "load_vit_init",
-            "load_vit_state",
-            "vit_dims",
-        ),
+        "exitnas.supernet.pretrained": ("VitInit", "init_from_vit", "load_vit_init"),
         "exitnas.supernet.registry": ("create_supernet", "list_supernets", "register_supernet"),
-        "exitnas.supernet.runs": ("load_supernet",),
+        "exitnas.supernet.trained": ("load_supernet",),
         "exitnas.supernet.subnet": ("ExitViT",),
         "exitnas.supernet.supervit": ("SuperViT",),
         "exitnas.supernet.train": (
@@ -86,5 +71,6 @@ __getattr__, __dir__ = lazy_exports(
             "build_supernet",
             "train_supernet",
         ),
+        "exitnas.supernet.vit_checkpoint": ("VitDims", "check_vit", "load_vit_state", "vit_dims"),
     },
 )

@@ -8,6 +8,7 @@ so a crash mid-write (even ``kill -9``) leaves the previous file intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -62,6 +63,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         os.close(dir_fd)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` in one rename (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Delete temporary files a killed :func:`atomic_write` left in ``folder``."""
     for tmp in Path(folder).glob(".*.tmp"):
@@ -98,8 +104,24 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"weights file not found: {path}")
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({err})") from None
+    return tensors, read_weights_meta(path)
 
+
+def read_weights_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata :func:`save_weights` wrote, read from the file's header only.
+
+    Raises:
+        CheckpointError: the file is missing, its header is corrupt, or it was not written by
+            exitnas.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
         with safe_open(path, framework="pt") as handle:
             meta_text = (handle.metadata() or {}).get(_META_KEY)
         meta = json.loads(meta_text) if meta_text else None
@@ -107,7 +129,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({err})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} was not written by exitnas (no exitnas metadata)")
-    return tensors, meta
+    return meta
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -169,3 +191,11 @@ def restore_checkpoint(
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not match this supernet: {first}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

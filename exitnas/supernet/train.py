@@ -1,8 +1,9 @@
 """Training the supernet once: the sandwich rule with in-place distillation.
 
-Every step trains the sandwich of :mod:`exitnas.supernet.recipe` (the teacher on the labels,
-the other fixed and random sub-networks on labels and the teacher's soft predictions),
-accumulating gradients before one AdamW update (timm's optimiser factory and cosine schedule).
+Every step (:mod:`exitnas.supernet.steps`) trains the sandwich of
+:mod:`exitnas.supernet.recipe` (the teacher on the labels, the other fixed and random
+sub-networks on labels and the teacher's soft predictions), accumulating gradients before one
+AdamW update (timm's optimiser factory and cosine schedule).
 All randomness of a step (its images, augmentation, sub-networks and stochastic depth) derives
 from ``(seed, step)``, so a run resumed from any checkpoint continues exactly as if it had
 never stopped, on the same machine with the same number of threads (:mod:`exitnas.threads`;
@@ -20,17 +21,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 import exitnas
 from exitnas.data import DataSplits
 from exitnas.errors import CheckpointError, ConfigError
-from exitnas.spaces import StudyConfig, TrainingConfig
-from exitnas.supernet.batches import augment, epoch_order, normalize, step_seed
+from exitnas.spaces import StudyConfig
+from exitnas.supernet.batches import epoch_order
 from exitnas.supernet.checkpoint import (
     atomic_write,
     load_weights,
@@ -39,10 +38,10 @@ from exitnas.supernet.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from exitnas.supernet.distributed import Ranks, average_gradients
+from exitnas.supernet.distributed import Ranks
 from exitnas.supernet.evaluate import exit_accuracies, predict_exits
-from exitnas.supernet.pretrained import load_vit_init
-from exitnas.supernet.recipe import sandwich_backward, sandwich_paths
+from exitnas.supernet.pretrained import VitInit, load_vit_init
+from exitnas.supernet.steps import create_optimizer, train_step
 from exitnas.supernet.supervit import SuperViT
 from exitnas.threads import use_threads
 
@@ -51,9 +50,7 @@ __all__ = [
     "TrainingInterrupted",
     "build_supernet",
     "check_target",
-    "create_optimizer",
     "train_supernet",
-    "training_batch",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -132,16 +129,98 @@ def train_supernet(
     done = _finished_summary(out, study)
     if done is not None:
         return done
+    run, start, seconds = _start_run(study, data, out, ranks, vit)
+    loss_value, seconds = _train_steps(run, start, seconds, progress, stop_at_step)
+    if not ranks.main:  # rank 0 evaluates and writes the run; read its summary
+        ranks.barrier()
+        finished = _finished_summary(out, study)
+        assert finished is not None
+        return finished
+    return run.finish(seconds, loss_value)
+
+
+@dataclass
+class _Run:
+    """A training run in progress: what its steps, checkpoints and end share."""
+
+    study: StudyConfig
+    data: DataSplits
+    out: Path  # the run folder
+    ranks: Ranks
+    model: SuperViT
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    steps_per_epoch: int
+    init_record: dict | None  # the warm start, as supernet.json records it
+
+    @property
+    def total(self) -> int:
+        """Optimiser updates in the whole schedule."""
+        return self.study.training.epochs * self.steps_per_epoch
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def save(self, step: int, elapsed: float) -> None:
+        """Write the checkpoint after ``step`` steps (on the main rank only)."""
+        if not self.ranks.main:
+            return
+        training = {"complete": False, "step": step, "steps": self.total, "init": self.init_record}
+        _write_description(self.out, self.study, self.model, training)
+        meta = {
+            "step": step,
+            "seconds": elapsed,
+            "study_key": self.study.key(),
+            "init": self.init_record,
+        }
+        save_checkpoint(
+            self.checkpoint, self.model, self.optimizer, {**meta, "study": self.study.to_dict()}
+        )
+
+    def finish(self, seconds: float, loss_value: float) -> TrainSummary:
+        """Evaluate, write the weights and ``supernet.json``, drop the checkpoint."""
+        study, data, model, cfg = self.study, self.data, self.model, self.study.training
+        model.eval()
+        accs = [
+            exit_accuracies(
+                predict_exits(model, data.val.images, data.mean, data.std, config=c),
+                data.val.labels,
+            )[-1]
+            for c in (study.space.largest(), study.space.smallest(), study.space.standalone())
+        ]
+        summary = TrainSummary(
+            steps=self.total,
+            epochs=cfg.epochs,
+            seconds=round(seconds, 2),
+            images_per_second=round(cfg.epochs * len(data.train) / max(seconds, 1e-9), 1),
+            final_loss=round(loss_value, 4),
+            val_accuracy_largest=accs[0],
+            val_accuracy_smallest=accs[1],
+            val_accuracy_standalone=accs[2],
+        )
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_weights(self.out / WEIGHTS, state, {"study_key": study.key(), "format": 1})
+        training = {"complete": True, **asdict(summary), "init": self.init_record}
+        _write_description(self.out, study, model, training)
+        self.checkpoint.unlink(missing_ok=True)
+        self.ranks.barrier()
+        return summary
+
+
+def _start_run(
+    study: StudyConfig, data: DataSplits, out: Path, ranks: Ranks, vit: VitInit | None
+) -> tuple[_Run, int, float]:
+    """Build the supernet and its optimiser, warm-started from ``vit`` or resumed from the
+    run's checkpoint; returns the run, the steps done and the seconds they took."""
     cfg = study.training
     use_threads(cfg.num_threads)  # 0: automatic (exitnas.threads), checked at every epoch
-    device = torch.device(cfg.device)
-    model = build_supernet(study).to(device)
+    model = build_supernet(study).to(torch.device(cfg.device))
     ckpt = out / CHECKPOINT
     init_record = None
     if vit is not None and not ckpt.exists():  # a resumed run keeps its checkpoint's weights
         init_record = {**vit.record(), "report": vit.apply(model)}
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
     optimizer, scheduler = create_optimizer(model, cfg, steps_per_epoch)
     start, seconds = 0, 0.0
     if ckpt.exists():
@@ -154,16 +233,24 @@ def train_supernet(
     out.mkdir(parents=True, exist_ok=True)
     if ranks.main:
         remove_stale_temporaries(out)
+    run = _Run(study, data, out, ranks, model, optimizer, scheduler, steps_per_epoch, init_record)
+    return run, start, seconds
 
-    def save(step: int, elapsed: float) -> None:
-        if not ranks.main:
-            return
-        training = {"complete": False, "step": step, "steps": total, "init": init_record}
-        _write_description(out, study, model, training)
-        meta = {"step": step, "seconds": elapsed, "study_key": study.key(), "init": init_record}
-        save_checkpoint(ckpt, model, optimizer, {**meta, "study": study.to_dict()})
 
-    model.train()
+def _train_steps(
+    run: _Run, start: int, seconds: float, progress: bool, stop_at_step: int | None
+) -> tuple[float, float]:
+    """Train from step ``start`` to the end, checkpointing on the way.
+
+    Returns:
+        ``(loss of the last step, seconds of training including the earlier runs')``.
+
+    Raises:
+        TrainingInterrupted: stopped by a signal or ``stop_at_step``; the checkpoint is written.
+    """
+    study, cfg, ranks, total = run.study, run.study.training, run.ranks, run.total
+    steps_per_epoch, num_train = run.steps_per_epoch, len(run.data.train)
+    run.model.train()
     bar = tqdm(
         total=total,
         initial=start,
@@ -173,33 +260,25 @@ def train_supernet(
     )
     began, loss_value = time.perf_counter(), float("nan")
     order_epoch = start // steps_per_epoch
-    order = epoch_order(study.seed, order_epoch, len(data.train))
+    order = epoch_order(study.seed, order_epoch, num_train)
     with _stop_requests() as stop, bar:
         for step in range(start, total):
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(study.seed, epoch, len(data.train)), epoch
+                order, order_epoch = epoch_order(study.seed, epoch, num_train), epoch
                 use_threads(cfg.num_threads)
             rows = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
-            images, labels = training_batch(study, data, torch.from_numpy(rows), step, device)
-            if ranks.world > 1:  # the same global batch everywhere, a slice of it here
-                share = len(images[ranks.rank :: ranks.world]) / len(images)
-                images, labels = (
-                    images[ranks.rank :: ranks.world],
-                    labels[ranks.rank :: ranks.world],
-                )
-            rng = np.random.default_rng(step_seed(study.seed, step, 1))
-            at_epoch = step / steps_per_epoch  # training progress in epochs
-            paths = sandwich_paths(study.space, cfg, rng, at_epoch)
-            scheduler.step_update(step)
-            devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(step_seed(study.seed, step, 2))  # stochastic depth
-                loss_value = sandwich_backward(model, images, labels, paths, cfg, at_epoch)
-            if ranks.world > 1:
-                average_gradients(model, share)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_value = train_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                study,
+                run.data,
+                rows,
+                step,
+                steps_per_epoch,
+                ranks,
+            )
             done_steps = step + 1
             elapsed = seconds + time.perf_counter() - began
             bar.update(1)
@@ -211,70 +290,11 @@ def train_supernet(
             halt = stop.is_set() or (stop_at_step is not None and done_steps >= stop_at_step)
             halt = ranks.any(halt)  # every rank stops after the same step
             if (boundary or halt) and done_steps < total:
-                save(done_steps, elapsed)
+                run.save(done_steps, elapsed)
             if halt and done_steps < total:
                 ranks.barrier()  # the checkpoint is written before any rank reports it
-                raise TrainingInterrupted(done_steps, ckpt)
-    seconds += time.perf_counter() - began
-    if not ranks.main:  # rank 0 evaluates and writes the run; read its summary
-        ranks.barrier()
-        finished = _finished_summary(out, study)
-        assert finished is not None
-        return finished
-    model.eval()
-    accs = [
-        exit_accuracies(
-            predict_exits(model, data.val.images, data.mean, data.std, config=c), data.val.labels
-        )[-1]
-        for c in (study.space.largest(), study.space.smallest(), study.space.standalone())
-    ]
-    summary = TrainSummary(
-        steps=total,
-        epochs=cfg.epochs,
-        seconds=round(seconds, 2),
-        images_per_second=round(cfg.epochs * len(data.train) / max(seconds, 1e-9), 1),
-        final_loss=round(loss_value, 4),
-        val_accuracy_largest=accs[0],
-        val_accuracy_smallest=accs[1],
-        val_accuracy_standalone=accs[2],
-    )
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_weights(out / WEIGHTS, state, {"study_key": study.key(), "format": 1})
-    training = {"complete": True, **asdict(summary), "init": init_record}
-    _write_description(out, study, model, training)
-    ckpt.unlink(missing_ok=True)
-    ranks.barrier()
-    return summary
-
-
-def create_optimizer(
-    model: torch.nn.Module, cfg: TrainingConfig, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
-    """timm's AdamW and a per-update cosine schedule with warm-up, from a training section.
-
-    The schedule is stateless (``step_update(step)`` sets the rate of any step), so a run
-    resumed at any step continues exactly.
-    """
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=cfg.epochs * steps_per_epoch,
-        lr_min=cfg.min_lr,
-        t_in_epochs=False,
-        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=cfg.lr * 0.01,
-    )
-    return optimizer, scheduler
-
-
-def training_batch(
-    study: StudyConfig, data: DataSplits, rows: torch.Tensor, step: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised, augmented images and labels of one step (augmentation seeded by the step)."""
-    cfg = study.training
-    generator = torch.Generator().manual_seed(step_seed(study.seed, step, 0))
-    images = augment(data.train.images[rows], generator, cfg.crop_padding, cfg.hflip)
-    return normalize(images.to(device), data.mean, data.std), data.train.labels[rows].to(device)
+                raise TrainingInterrupted(done_steps, run.checkpoint)
+    return loss_value, seconds + time.perf_counter() - began
 
 
 def check_target(study: StudyConfig, out: Path) -> None:

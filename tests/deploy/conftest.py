@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from exitnas.deploy.onnx_export import export_onnx
-from exitnas.search.export import ParetoPoint, export_bundle
-from exitnas.search.rules import LEARNED, ExitRule, confidences, softmax
+from exitnas.deploy.write import export_bundle
+from exitnas.exits.rules import LEARNED, ExitRule, confidences, softmax
+from exitnas.search.front import ParetoPoint
 from exitnas.spaces import DataConfig, SearchConfig, StudyConfig, SubnetConfig, TrainingConfig
 from exitnas.supernet import SuperViT, count_flops
 from exitnas.supernet.evaluate import predict_exits
@@ -104,7 +105,7 @@ def make_bundles(supernet, deploy_study, deploy_images, tmp_path) -> BundleMaker
         )
         blob = None
         if policy is not None:
-            from exitnas.policies.study_policy import policy_to_bytes
+            from exitnas.exits.policy import policy_to_bytes
 
             blob = policy_to_bytes(policy, deployed_only=True)
         name = f"{config.key()}-{rule}-{len(list(tmp_path.iterdir()))}"

@@ -12,18 +12,20 @@ import torch
 import torch.nn.functional as F
 
 import exitnas
-from exitnas.bundle import BundleError
 from exitnas.deploy import OnnxBundleError, OnnxExportError, export_onnx, load_onnx, stage_io
+from exitnas.deploy import onnx_kit_runtime as profiler
 from exitnas.deploy import onnx_runtime as runtime
-from exitnas.deploy.stage_graphs import export_stage_graphs, pool_matrix, resize_matrix
+from exitnas.deploy.bundle import BundleError
+from exitnas.deploy.export_ops import pool_matrix, resize_matrix
+from exitnas.deploy.stage_graphs import export_stage_graphs
 from exitnas.errors import ExitnasError
-from exitnas.policies.learned import FEATURES, exit_features
-from exitnas.policies.study_policy import fit_study_policy
-from exitnas.search.export import ExportError
-from exitnas.search.objective import file_sha256
-from exitnas.search.rules import RULES, confidences, softmax
+from exitnas.exits.learned import FEATURES, exit_features
+from exitnas.exits.policy import fit_study_policy
+from exitnas.exits.rules import RULES, confidences, softmax
+from exitnas.search.front import ExportError
 from exitnas.spaces import BackboneSpace, BranchConfig, ExitConfig, SearchSpace, SubnetConfig
 from exitnas.supernet import SuperViT
+from exitnas.supernet.checkpoint import file_sha256
 from exitnas.supernet.tokens import refine_tokens
 
 
@@ -280,10 +282,10 @@ def test_runtime_copies_match_exitnas() -> None:
             runtime.confidences(runtime.softmax(logits), rule), confidences(softmax(logits), rule)
         )
     assert runtime.LEARNED == "learned" and runtime.RULES == RULES
-    # the runtime's overhead fit (a kit has no exitnas) is exitnas's
+    # the kit profiler's overhead fit (a kit has no exitnas) is exitnas's
     from dataclasses import asdict
 
-    from exitnas.policies.profile import fit_overhead
+    from exitnas.devices.profile import fit_overhead
 
     cases = [
         [(1, 0.05 + 0.02), (3, 0.05 + 0.06), (5, 0.05 + 0.1)],
@@ -292,7 +294,7 @@ def test_runtime_copies_match_exitnas() -> None:
         [(1, -0.2), (3, 0.5)],
     ]
     for residuals in cases:
-        assert runtime.fit_overhead(4, residuals, 0.3) == asdict(fit_overhead(4, residuals, 0.3))
+        assert profiler.fit_overhead(4, residuals, 0.3) == asdict(fit_overhead(4, residuals, 0.3))
 
 
 def test_pooling_to_a_size_that_does_not_divide_the_grid(tmp_path) -> None:

@@ -15,8 +15,7 @@ import pytest
 import exitnas
 from exitnas.cli import build_parser, main
 from exitnas.deploy import load_onnx
-from exitnas.search import run_search
-from exitnas.search.runner import load_searched
+from exitnas.runs import Run
 
 FAST = ("--repeats", "2", "--warmup", "1", "--passes", "2", "--batch-sizes", "1,4")
 
@@ -30,11 +29,9 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def searched(trained_run, tmp_path_factory):
-    """The tiny run searched (30 trials) in a database of its own, its policy fitted."""
-    study, run = trained_run
-    url = f"sqlite:///{tmp_path_factory.mktemp('onnx-db') / 'study.db'}"
-    run_search(study, run, trials=30, storage=url, progress=False)
+def searched(searched_copy):
+    """The session's searched run in a database of its own, its policy fitted."""
+    study, run, url = searched_copy
     base = ("--study", str(run), "--storage", url)
     assert _cli("policy", "fit", *base, "--estimator", "logistic")[0] == 0
     return study, run, url
@@ -51,7 +48,7 @@ def test_export_format_onnx_runs_as_the_torch_bundle(searched, tmp_path: Path) -
         assert (both / "weights.safetensors").is_file() and (both / "onnx").is_dir()
         assert not (only / "weights.safetensors").exists()
         assert (only / "exitnas_runtime.py").is_file()
-        splits, _ = load_searched(study, run, url)
+        splits = Run.open(run, url).splits
         images = splits.val.images.numpy()
         want = exitnas.load(both).predict(images)
         got = load_onnx(only).predict(images)

@@ -14,7 +14,9 @@ from exitnas.deploy import (
     read_kit_profile,
     write_profile_kit,
 )
-from exitnas.policies.profile import DeviceProfile, ProfileError, StageTiming
+from exitnas.deploy.onnx_profile import PROFILER_FILE, profiler_source
+from exitnas.devices.errors import ProfileError
+from exitnas.devices.profile import DeviceProfile, StageTiming
 from exitnas.spaces import BranchConfig, ExitConfig, SubnetConfig
 
 
@@ -104,6 +106,22 @@ def test_profiling_kit_runs_without_torch(bare_python, supernet, tmp_path) -> No
         text=True,
     )
     assert tampered.returncode == 2 and "kit.json does not match manifest.json" in tampered.stderr
+
+
+def test_kit_carries_the_profiler_beside_the_runtime(bare_python, supernet, tmp_path) -> None:
+    model = supernet.extract(_tiny_config())
+    kit = write_profile_kit([model], tmp_path / "kit", study_key="abc", image_size=16)
+    files = json.loads((kit / "manifest.json").read_text())["files"]
+    assert {"exitnas_runtime.py", PROFILER_FILE} <= set(files)
+    assert (kit / PROFILER_FILE).read_bytes() == profiler_source().read_bytes()
+    (kit / PROFILER_FILE).unlink()  # the runtime alone predicts, but cannot profile
+    result = subprocess.run(
+        [bare_python, kit / "exitnas_runtime.py", "profile", kit, "--out", tmp_path / "x.json"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "needs exitnas_profiler.py" in result.stderr
 
 
 def test_measure_with_onnx_here(supernet) -> None:

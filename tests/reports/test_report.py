@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 
+from exitnas.cli.report import add_report_parser
 from exitnas.errors import ExitnasError
 from exitnas.reports import (
     ReportError,
@@ -22,11 +23,11 @@ from exitnas.reports import (
     pareto_info,
     write_report,
 )
-from exitnas.reports.cli import add_report_parser
 from exitnas.reports.figures import TITLES
 from exitnas.search import hypervolume_2d, run_search
-from exitnas.search.runner import load_evaluator, reference_mflops
-from exitnas.search.space import trial_config
+from exitnas.search.encoding import trial_config
+from exitnas.search.objective import load_evaluator
+from exitnas.search.runner import reference_mflops
 
 TRIALS = 20
 
@@ -204,7 +205,7 @@ def test_report_command_without_a_study(trained_run, tmp_path: Path) -> None:
 
 
 def test_sweep_of_never_exit_thresholds_stays_finite() -> None:
-    from exitnas.reports.tradeoff import sweep_thresholds
+    from exitnas.reports.curves import sweep_thresholds
 
     thresholds = (0.4, float("inf"))  # a calibrated rule: never exit at the second exit
     assert sweep_thresholds(thresholds, 0.0).tolist() == [0.0, 0.0]

@@ -12,23 +12,23 @@ import optuna
 import pytest
 
 import exitnas
-from exitnas.bundle import BundleError
+from exitnas.cli.export import add_export_parser
 from exitnas.data import load_splits
+from exitnas.deploy.bundle import BundleError
+from exitnas.deploy.write import export_bundle
 from exitnas.errors import ExitnasError
-from exitnas.search import ExitRule, ExitTable, run_search
-from exitnas.search.export import (
+from exitnas.exits import ExitRule, ExitTable
+from exitnas.search.front import (
     ExportError,
     ParetoPoint,
-    export_bundle,
     export_front_json,
     pareto_points,
     read_front_json,
     select_point,
 )
-from exitnas.search.export_cli import add_export_parser
-from exitnas.search.objective import file_sha256
-from exitnas.search.runner import load_searched_study
+from exitnas.search.studies import load_searched_study
 from exitnas.supernet import load_supernet
+from exitnas.supernet.checkpoint import file_sha256
 from exitnas.supernet.train import WEIGHTS
 
 
@@ -85,13 +85,9 @@ def test_select_point_errors(synthetic) -> None:
 
 
 @pytest.fixture(scope="module")
-def searched(trained_run, tmp_path_factory):
-    """The tiny run searched with 30 random trials: (study, run, storage URL)."""
-    study, run = trained_run
-    study = replace(study, search=replace(study.search, sampler="random"))
-    url = f"sqlite:///{tmp_path_factory.mktemp('export-db') / 'study.db'}"
-    run_search(study, run, trials=30, storage=url, progress=False)
-    return study, run, url
+def searched(searched_run):
+    """The session's searched run (only read here): (study, run, storage URL)."""
+    return searched_run
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ PostgreSQL where ``EXITNAS_TEST_POSTGRES_URL`` is set (CI starts a server).
 
 Workers are processes forked from one forkserver that has exitnas imported (a fresh process
 would spend seconds importing torch); each runs what a worker of ``exitnas search --workers``
-runs (:func:`exitnas.search.runner._optimize`).
+runs (:func:`exitnas.search.optuna_backend._optimize`).
 """
 
 from __future__ import annotations
@@ -26,19 +26,17 @@ from optuna.trial import TrialState
 from exitnas.errors import CheckpointError
 from exitnas.faults import KILL_ENV
 from exitnas.search import suggest
-from exitnas.search.objective import TRIAL_ATTR
-from exitnas.search.runner import (
+from exitnas.search.objective import TRIAL_ATTR, evaluation_key, load_validation
+from exitnas.search.optuna_backend import _optimize
+from exitnas.search.studies import (
     DIRECTIONS,
     IDENTITY_ATTR,
-    _optimize,
-    evaluation_key,
     load_searched_study,
-    load_validation,
     open_study,
     study_identity,
 )
-from exitnas.search.storage import open_store
 from exitnas.spaces import StudyConfig
+from exitnas.storage.urls import open_store
 
 TARGET = 8  # completed trials the study must reach
 COMPANION_TARGET = 4  # the worker running beside the victim stops here: it can never end the
@@ -50,7 +48,7 @@ JOIN_S = 240  # seconds any one process may take
 def workers():
     """Start processes from a forkserver that has exitnas imported; kill leftovers after."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["exitnas.search.runner", "exitnas.policies.policy_cli"])
+    context.set_forkserver_preload(["exitnas.search.runner", "exitnas.jobs.pipeline"])
     started: list = []
 
     def start(target, *args):
@@ -88,23 +86,23 @@ def search_worker(point: str | None, study_dict: dict, run_dir: str, url: str, t
 
 def profile_worker(point: str | None, study_dict: dict, run_dir: str, url: str, again: bool):
     """``exitnas profile --device cpu`` with fast settings; killed at ``point`` if given."""
-    from exitnas.policies.profile_cli import ProfileSettings, profile_run
-    from exitnas.supernet import load_supernet
+    from exitnas.jobs.profile import ProfileSettings, profile_device
+    from exitnas.runs import Run
 
     armed(point)
-    study = StudyConfig.from_dict(study_dict)
-    model, _ = load_supernet(Path(run_dir), study)
+    run = Run(Path(run_dir), StudyConfig.from_dict(study_dict), url, progress=False)
     fast = ProfileSettings(batch_sizes=(1, 4), repeats=2, passes=2, warmup=1, configs=3)
-    profile_run(Path(run_dir), study, model, url, "cpu", fast, replace=again, progress=False)
+    profile_device(run, "cpu", fast, replace=again, progress=False)
 
 
 def policy_worker(point: str | None, study_dict: dict, run_dir: str, url: str, again: bool):
     """``exitnas policy fit --estimator logistic``; killed at ``point`` if given."""
-    from exitnas.policies.policy_cli import fit_run_policy
+    from exitnas.jobs.fit import fit_policy
+    from exitnas.runs import Run
 
     armed(point)
-    study = StudyConfig.from_dict(study_dict)
-    fit_run_policy(Path(run_dir), study, url, estimator="logistic", replace=again)
+    run = Run(Path(run_dir), StudyConfig.from_dict(study_dict), url)
+    fit_policy(run, estimator="logistic", replace=again)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

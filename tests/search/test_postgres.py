@@ -12,10 +12,11 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from exitnas.search import StorageError, run_search, suggest
-from exitnas.search.runner import load_evaluator
-from exitnas.search.storage import open_storage, open_store
-from exitnas.search.store import MIGRATIONS
+from exitnas.search import run_search, suggest
+from exitnas.search.objective import load_evaluator
+from exitnas.storage import StorageError
+from exitnas.storage.store import MIGRATIONS
+from exitnas.storage.urls import open_storage, open_store
 
 POSTGRES_URL = os.environ.get("EXITNAS_TEST_POSTGRES_URL", "")
 

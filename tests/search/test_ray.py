@@ -15,11 +15,10 @@ import optuna
 import pytest
 import yaml
 
-from exitnas.search import suggest
-from exitnas.search.export import front_trials
-from exitnas.search.objective import TRIAL_ATTR
-from exitnas.search.runner import load_evaluator
-from exitnas.search.storage import open_storage
+from exitnas.search import run_search, suggest
+from exitnas.search.front import front_trials
+from exitnas.search.objective import TRIAL_ATTR, load_evaluator
+from exitnas.storage.urls import open_storage
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -32,12 +31,12 @@ def test_storage_pickles(tmp_path: Path) -> None:
 
 
 def test_ray_search_fills_the_optuna_storage(trained_run, tmp_path: Path) -> None:
-    from exitnas.search.ray_backend import run_ray_search
-
     study, run = trained_run
     study = replace(study, search=replace(study.search, sampler="nsga2", population_size=4))
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    summary = run_ray_search(study, run, trials=8, storage=url, workers=2, progress=False)
+    summary = run_search(
+        study, run, backend="ray", trials=8, storage=url, workers=2, progress=False
+    )
     assert summary.trials_added == 8 and summary.trials_complete == 8
     assert summary.cache_hits + summary.cache_misses == 8
     optuna_study = optuna.load_study(study_name="tiny", storage=url)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from exitnas.errors import ConfigError
-from exitnas.search import ExitRule, ExitTable
-from exitnas.search.rules import confidences, exit_indices, softmax
+from exitnas.exits import ExitRule, ExitTable
+from exitnas.exits.rules import confidences, exit_indices, softmax
 
 
 def test_exit_indices_take_the_first_confident_exit() -> None:

@@ -10,11 +10,14 @@ import optuna
 import pytest
 
 from exitnas.errors import CheckpointError
-from exitnas.search import ExitRule, StorageError, run_search, suggest
-from exitnas.search.export import front_trials
-from exitnas.search.runner import load_evaluator, open_study
+from exitnas.exits import ExitRule
+from exitnas.search import run_search, suggest
+from exitnas.search.front import front_trials
+from exitnas.search.objective import load_evaluator
 from exitnas.search.samplers import create_sampler
-from exitnas.search.storage import default_storage_url
+from exitnas.search.studies import open_study
+from exitnas.storage import StorageError
+from exitnas.storage.urls import default_storage_url
 from exitnas.supernet.evaluate import predict_exits
 
 

@@ -9,11 +9,12 @@ import optuna
 import pytest
 
 from exitnas.errors import ConfigError
-from exitnas.search import ExitRule, run_search, suggest
-from exitnas.search.rules import RULES
-from exitnas.search.runner import DIRECTIONS, open_study
+from exitnas.exits import ExitRule
+from exitnas.exits.rules import RULES
+from exitnas.search import run_search, suggest
+from exitnas.search.encoding import config_params
 from exitnas.search.seeds import SEED_THRESHOLDS, seed_designs, seed_trials
-from exitnas.search.space import config_params
+from exitnas.search.studies import DIRECTIONS, open_study
 from exitnas.spaces import BranchConfig, ExitConfig, StudyConfig, SubnetConfig
 from exitnas.spaces.presets import PRESETS, make_preset
 

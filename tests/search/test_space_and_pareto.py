@@ -6,7 +6,8 @@ import numpy as np
 import optuna
 import pytest
 
-from exitnas.search import ExitRule, hypervolume_2d, pareto_mask, suggest
+from exitnas.exits import ExitRule
+from exitnas.search import hypervolume_2d, pareto_mask, suggest
 from exitnas.spaces import BranchConfig, ExitConfig, SubnetConfig
 
 
@@ -86,7 +87,7 @@ def test_reachable_ends_at_the_exit_everything_leaves_at(space) -> None:
     same exits' logits, the same stage FLOPs, and is one point with its longer variants."""
     import torch
 
-    from exitnas.search.export import reachable
+    from exitnas.search.front import reachable
     from exitnas.supernet import SuperViT, count_flops
     from exitnas.supernet.evaluate import predict_exits
 

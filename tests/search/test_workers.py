@@ -16,8 +16,8 @@ import yaml
 from optuna.trial import TrialState
 
 from exitnas.faults import KILL_ENV
-from exitnas.search.storage import open_storage
 from exitnas.search.workers import STARTED_ATTR, StudyTarget, worker_name
+from exitnas.storage.urls import open_storage
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
