@@ -123,9 +123,10 @@ def _export_budget(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = check_out_dir(args.out)  # before the query's work
+    budget = budget_from_args(args)  # a budget's mistake first, before the run is opened
     result = query_budget(
         open_run(args),
-        budget_from_args(args),
+        budget,
         device=args.device,
         policy=None if args.no_policy else DEFAULT_POLICY,
         rule=args.rule,

@@ -74,9 +74,10 @@ def _query(args: argparse.Namespace) -> int:
 
     use_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budget = budget_from_args(args)  # a budget's mistake first, before the run is opened
     result = query_budget(
         open_run(args),
-        budget_from_args(args),
+        budget,
         device=args.device,
         policy=None if args.no_policy else args.name,
         rule=args.rule,
