@@ -51,8 +51,8 @@ class Run:
     study: StudyConfig
     url: str
     progress: bool = True
-    _searched: dict[str | None, optuna.Study] = field(default_factory=dict, repr=False)
-    _costs: dict[str, DeviceCosts] = field(default_factory=dict, repr=False)
+    _searched: dict[str | None, optuna.Study] = field(default_factory=dict, init=False, repr=False)
+    _costs: dict[str, DeviceCosts] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def open(

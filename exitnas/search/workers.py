@@ -168,7 +168,10 @@ class StudyTarget:
             try:
                 with interrupts.deferring() if interrupts is not None else nullcontext():
                     self.study.optimize(guarded, n_trials=1, callbacks=[*callbacks, trial_told])
-            except ValueError:  # "Cannot tell a COMPLETE trial": another worker ran it too
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                # another worker finished this trial first: it ran the same queued trial, or it
+                # failed this one as stale (a heartbeat that came late on a loaded machine) and
+                # queued it again; either way the study goes on without this worker's result
                 if self._trial_id is None or not self._finished_elsewhere(self._trial_id):
                     raise
 
