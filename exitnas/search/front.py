@@ -1,16 +1,11 @@
-"""The Pareto front of a searched study, point selection, and deployable bundles.
+"""The Pareto front of a searched study: its points, selecting one, and the front as JSON.
 
-A *bundle* is one folder that ``exitnas.load`` runs on its own:
-
-- ``config.json``: the search space, sub-network config, exit rule, normalisation, the point's
-  validation accuracy, expected MFLOPs, stage FLOPs and exit fractions;
-- ``weights.safetensors``: the extracted sub-network (just the parts its config uses);
-- ``policy.skops``: the learned exit policy, only when the rule is ``learned`` (skops, no
-  pickle);
-- ``manifest.json``: sha256 and size of every other file.
-
-It is written into a hidden sibling folder and renamed into place at the end, so a crash leaves
-no half-written bundle.
+:func:`front_trials` reads the non-dominated trials once, told apart by the configuration an
+image can actually reach (:func:`reachable`: an exit with threshold 0 takes every image), and
+every count of the front (search summary, report, front.json, ``exitnas run``'s table) comes
+from it. :func:`pareto_points` turns them into :class:`ParetoPoint` records, cheapest first;
+:func:`select_point` picks one by ``--select`` constraints or index; :func:`with_latency` adds
+a device's expected latency. Bundles are written by :mod:`exitnas.deploy.write`.
 """
 
 from __future__ import annotations
