@@ -59,6 +59,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+WAIT_FOR_NODES = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+deadline = time.monotonic() + 60
+while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.2)
+"""
+
+
 def test_search_on_a_two_node_ray_cluster(trained_run, tmp_path: Path) -> None:
     """`ray start --head` and `ray start --address` on loopback (one CPU each, token
     authentication): the search runs trials on both nodes and every trial lands in the shared
@@ -81,6 +93,10 @@ def test_search_on_a_two_node_ray_cluster(trained_run, tmp_path: Path) -> None:
         subprocess.run([ray_cli, *head, *node], check=True, env=env, capture_output=True)
         second = ["start", f"--address={address}", *node]
         subprocess.run([ray_cli, *second], check=True, env=env, capture_output=True)
+        # `ray start` can return before the second node has joined: wait for it, or the search
+        # may begin on one CPU and finish its tiny trials there before the second node is up
+        joined = [sys.executable, "-c", WAIT_FOR_NODES, address, "2"]
+        assert subprocess.run(joined, env=env, capture_output=True, timeout=120).returncode == 0
         args = [sys.executable, "-m", "exitnas.cli", "search", str(path), "--run", str(run)]
         args += ["--storage", url, "--quiet", "--backend", "ray", "--ray-address", address]
         args += ["--trials", "10", "--workers", "2"]
