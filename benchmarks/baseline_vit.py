@@ -26,7 +26,6 @@ import json
 import math
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,8 +78,7 @@ def main() -> None:
     study = load_study(args.study)
     cfg, space = study.training, study.space
     epochs = args.epochs or cfg.epochs
-    if args.data:
-        study = replace(study, data=replace(study.data, path=args.data))
+    study = study.with_data_path(args.data or None)
     splits = load_validation(study)  # the supernet's splits: same validation images held out
     if args.trained:
         model = load_plain_vit(args.trained, space)

@@ -303,8 +303,7 @@ def main() -> None:
     # the rungs start from no standalone phase (rung p sets one), at any --epochs
     study = replace(study, training=replace(study.training, standalone_epochs=0.0))
     study = study.with_overrides(epochs=args.epochs)
-    if args.data:
-        study = replace(study, data=replace(study.data, path=args.data))
+    study = study.with_data_path(args.data or None)
     splits = subset(load_validation(study), args.train, study.seed)
     results = []
     for rung in args.rungs:

@@ -125,18 +125,9 @@ class Run:
     @cached_property
     def evaluator(self) -> ArchitectureEvaluator:
         """Cached per-exit logits of any configuration on the validation split."""
-        from exitnas.search.objective import ArchitectureEvaluator
+        from exitnas.search.objective import evaluator_on
 
-        splits = self.splits
-        return ArchitectureEvaluator(
-            self.supernet,
-            splits.val.images,
-            splits.val.labels,
-            splits.mean,
-            splits.std,
-            self.store,
-            self.evaluation_key,
-        )
+        return evaluator_on(self.supernet, self.splits, self.store, self.evaluation_key)
 
     def searched(self, device: str | None = None) -> optuna.Study:
         """The searched Optuna study, checked to be this supernet's and validation split's.

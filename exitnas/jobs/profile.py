@@ -72,7 +72,12 @@ def _torch_device(name: str) -> torch.device:
 
 
 def _measure_torch(
-    run: Run, configs: list[SubnetConfig], settings: ProfileSettings, label: str, progress: bool
+    run: Run,
+    configs: list[SubnetConfig],
+    settings: ProfileSettings,
+    device: torch.device,
+    label: str,
+    progress: bool,
 ) -> tuple[list[StageTiming], tuple[RuntimeOverhead, ...], str]:
     """Stage timings and ``predict``'s overheads of ``configs`` run by torch (eager)."""
     from tqdm.auto import tqdm
@@ -81,7 +86,6 @@ def _measure_torch(
     from exitnas.devices.profile import measure_stage_latencies
     from exitnas.supernet.batches import normalize
 
-    device = _torch_device(settings.torch_device)
     splits, batch = run.splits, max(settings.batch_sizes)
     passes = min(settings.passes, settings.repeats)
     images = normalize(splits.val.images[:batch], splits.mean, splits.std)
@@ -147,7 +151,7 @@ def profile_device(
     from exitnas.storage.store import ProfileExistsError, check_names
 
     study = run.study
-    _torch_device(settings.torch_device)  # before any work
+    device = _torch_device(settings.torch_device)  # before any work
     check_names(study.name, device_name)
     optuna_study = run.searched()
     store = run.store  # after the study check: a wrong URL creates no database
@@ -160,8 +164,10 @@ def profile_device(
     if settings.runtime == "onnx":
         timings, overheads, runtime = _measure_onnx(run, configs, settings)
     else:
-        label = f"profile {device_name}"
-        timings, overheads, runtime = _measure_torch(run, configs, settings, label, progress)
+        measured = _measure_torch(
+            run, configs, settings, device, f"profile {device_name}", progress
+        )
+        timings, overheads, runtime = measured
     profile = DeviceProfile.create(
         timings,
         device=device_name,

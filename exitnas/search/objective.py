@@ -30,6 +30,11 @@ __all__ = [
     "ArchitectureEvaluator",
     "SearchObjective",
     "StageLatency",
+    "evaluation_key",
+    "evaluator_on",
+    "load_evaluator",
+    "load_latency",
+    "load_validation",
     "objective_values",
 ]
 
@@ -190,14 +195,16 @@ def load_evaluator(
     """Supernet, validation split and cache of one process."""
     model, _ = load_supernet(run_dir, study)
     splits = splits or load_validation(study)
+    return evaluator_on(model, splits, open_store(url), evaluation_key(run_dir, splits))
+
+
+def evaluator_on(
+    model: SuperViT, splits: DataSplits, store: EvaluationStore, key: str
+) -> ArchitectureEvaluator:
+    """The evaluator of ``model`` on the validation split of ``splits``, cached in ``store``
+    under the evaluation ``key`` (:func:`evaluation_key`)."""
     return ArchitectureEvaluator(
-        model,
-        splits.val.images,
-        splits.val.labels,
-        splits.mean,
-        splits.std,
-        open_store(url),
-        evaluation_key(run_dir, splits),
+        model, splits.val.images, splits.val.labels, splits.mean, splits.std, store, key
     )
 
 
